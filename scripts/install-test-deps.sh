@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# install-test-deps.sh installs everything the test suite needs, idempotently:
+# Debian packages (Bazel 4.2.3, protoc), Bazel 2.1.0 from npm, and Go tools.
+# Re-running it when everything is present does nothing but check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TOOLS_DIR="${BUILDFLEET_TOOLS_DIR:-$PWD/.tools}"
+mkdir -p "$TOOLS_DIR"
+
+need_apt=()
+command -v bazel >/dev/null 2>&1 || need_apt+=(bazel-bootstrap)
+command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
+command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-test-deps: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Bazel 2.1.0 (bundles its JDK) from npm.
+BAZEL2="$TOOLS_DIR/npm/node_modules/@bazel/bazel-linux_x64/bazel-2.1.0-linux-x86_64"
+if [ ! -x "$BAZEL2" ]; then
+  echo "install-test-deps: npm install @bazel/bazel-linux_x64@2.1.0"
+  mkdir -p "$TOOLS_DIR/npm"
+  (cd "$TOOLS_DIR/npm" && npm install --silent --no-audit --no-fund --prefix . @bazel/bazel-linux_x64@2.1.0 >/dev/null)
+  chmod +x "$BAZEL2" || true
+fi
+
+# Go tools, pinned.
+export GOBIN="$TOOLS_DIR/bin"
+mkdir -p "$GOBIN"
+[ -x "$GOBIN/ec2-metadata-mock" ] || go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@v1.13.0
+[ -x "$GOBIN/protoc-gen-go" ] || go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+[ -x "$GOBIN/protoc-gen-go-grpc" ] || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
+echo "install-test-deps: ok (tools in $TOOLS_DIR)"

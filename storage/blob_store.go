@@ -1,0 +1,29 @@
+// Package storage holds buildfleet's content-addressable storage and action cache behind small
+// interfaces, the embedded disk backend, and the REAPI gRPC services built on them (CAS,
+// ByteStream, ActionCache, Capabilities).
+package storage
+
+import (
+	"context"
+	"io"
+
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// BlobStore is a content-addressable store of blobs keyed by their SHA-256 digest. It is shared
+// by every instance name: content addressing makes that safe.
+//
+// Errors carry gRPC status codes: NOT_FOUND for an absent blob, INVALID_ARGUMENT for content
+// that does not match its digest, RESOURCE_EXHAUSTED when the store cannot make room.
+type BlobStore interface {
+	// Get opens the blob d for reading from offset, at most limit bytes (limit 0 means to the
+	// end). The empty blob is always present.
+	Get(ctx context.Context, d digest.Digest, offset, limit int64) (io.ReadCloser, error)
+	// Put stores the content read from r as blob d. The content is hashed and counted while
+	// it is written; unless it matches d exactly nothing is stored. Concurrent Puts of the same
+	// blob are safe. Storing a blob that is already present refreshes it.
+	Put(ctx context.Context, d digest.Digest, r io.Reader) error
+	// FindMissing returns the digests of ds that are not stored, in the order given. Present
+	// blobs are refreshed (they count as used for eviction).
+	FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error)
+}
