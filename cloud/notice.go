@@ -42,6 +42,10 @@ type Notice struct {
 	// Soft is true for advisory notices (rebalance recommendations) that drain only when the
 	// operator asks for it.
 	Soft bool
+	// Immediate is true when the worker must stop at once rather than plan against a deadline
+	// (a second SIGTERM or SIGINT): stop running actions, hand their leases back and exit.
+	// Deadline is then the moment the notice was raised.
+	Immediate bool
 }
 
 // Source watches one origin of notices.

@@ -1,0 +1,145 @@
+// Command scheduler runs the buildfleet scheduler: the REAPI services (Execution, ActionCache,
+// CAS, ByteStream, Capabilities) for Pants and Bazel, and the Remote Workers API for workers,
+// on one gRPC port, with embedded disk storage.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/buildfleet/buildfleet/internal/bytesize"
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/metrics"
+	"github.com/buildfleet/buildfleet/scheduler"
+	"github.com/buildfleet/buildfleet/storage"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "scheduler:", err)
+		os.Exit(1)
+	}
+}
+
+// defaultStorageDir is $XDG_DATA_HOME/buildfleet, else ./buildfleet-data.
+func defaultStorageDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "buildfleet")
+	}
+	return "buildfleet-data"
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers")
+	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
+	maxStorage := bytesize.Size(10 << 30)
+	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
+	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
+	unmatchedTimeout := fs.Duration("unmatched-platform-timeout", 5*time.Minute, "how long an action no connected worker can run waits before failing")
+	maxQueue := fs.Int("max-queue-per-instance", 100000, "queued actions per instance name beyond which Execute answers RESOURCE_EXHAUSTED")
+	shutdownGrace := fs.Duration("shutdown-grace", 10*time.Second, "how long SIGTERM waits for in-flight RPCs before closing them")
+	flagenv.AnnotateUsage(fs, "BUILDFLEET")
+	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+
+	level, err := zerolog.ParseLevel(*logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %v", err)
+	}
+	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("component", "scheduler").Logger()
+	reg := metrics.NewRegistry()
+
+	cas, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
+	if err != nil {
+		return fmt.Errorf("opening storage: %w", err)
+	}
+	diskAC, err := storage.NewDiskActionCache(filepath.Join(*storageDir, "ac"), logger)
+	if err != nil {
+		return fmt.Errorf("opening action cache: %w", err)
+	}
+	ac := storage.NewCompletenessCheckingActionCache(diskAC, cas)
+
+	sched := scheduler.New(scheduler.Config{
+		SessionTimeout:           *sessionTimeout,
+		RetryLimit:               *retryLimit,
+		UnmatchedPlatformTimeout: *unmatchedTimeout,
+		MaxQueuePerInstance:      *maxQueue,
+	}, cas, ac, clock.System, logger, reg)
+
+	srv := grpc.NewServer(
+		grpc.MaxRecvMsgSize(16<<20),
+		grpc.MaxSendMsgSize(16<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+	)
+	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{ExecutionEnabled: true, Logger: logger})
+	sched.Register(srv)
+
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	var ms *metrics.Server
+	if *metricsListen != "" {
+		ms, err = metrics.Listen(*metricsListen, reg, func() error { return nil })
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		go func() {
+			if err := ms.Serve(); err != nil {
+				logger.Error().Err(err).Msg("metrics server failed")
+			}
+		}()
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	logger.Info().Str("listen", lis.Addr().String()).Str("storage_dir", *storageDir).
+		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
+	printClientSettings(os.Stdout, lis.Addr().String(), false)
+
+	select {
+	case err := <-serveErr:
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info().Msg("shutting down: finishing in-flight RPCs")
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(*shutdownGrace):
+		logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
+		srv.Stop()
+	}
+	if ms != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = ms.Shutdown(sctx)
+	}
+	logger.Info().Msg("stopped")
+	return nil
+}

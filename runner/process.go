@@ -1,0 +1,173 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buildfleet/buildfleet/internal/clock"
+)
+
+// defaultSearchPath is the PATH used to find argv[0] when the action's environment has none,
+// as execvp does.
+const defaultSearchPath = "/bin:/usr/bin"
+
+// process is one command run in its own process group with exactly the environment it was
+// given, its output going to files.
+type process struct {
+	argv    []string
+	env     []string
+	dir     string // Absolute working directory.
+	stdout  string
+	stderr  string
+	timeout time.Duration // Zero: none.
+	clock   clock.Clock
+}
+
+// processResult is how a process ended.
+type processResult struct {
+	exitCode int32
+	timedOut bool
+}
+
+// newProcess validates the command line and environment of cmd.
+func newProcess(cmd *repb.Command, dir, stdout, stderr string, timeout time.Duration, clk clock.Clock) (*process, error) {
+	if len(cmd.GetArguments()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "Command has no arguments")
+	}
+	for _, a := range cmd.GetArguments() {
+		if strings.ContainsRune(a, 0) {
+			return nil, status.Errorf(codes.InvalidArgument, "Command argument %q contains a NUL byte", a)
+		}
+	}
+	env := make([]string, 0, len(cmd.GetEnvironmentVariables()))
+	seen := make(map[string]bool)
+	for _, v := range cmd.GetEnvironmentVariables() {
+		if v.GetName() == "" || strings.ContainsAny(v.GetName(), "=\x00") || strings.ContainsRune(v.GetValue(), 0) {
+			return nil, status.Errorf(codes.InvalidArgument, "Invalid environment variable %q", v.GetName())
+		}
+		if seen[v.GetName()] {
+			return nil, status.Errorf(codes.InvalidArgument, "Environment variable %q is set twice", v.GetName())
+		}
+		seen[v.GetName()] = true
+		env = append(env, v.GetName()+"="+v.GetValue())
+	}
+	return &process{argv: cmd.GetArguments(), env: env, dir: dir, stdout: stdout, stderr: stderr, timeout: timeout, clock: clk}, nil
+}
+
+// lookPath resolves argv[0]: relative to the working directory when it contains a slash,
+// otherwise through the PATH of the action's own environment.
+func (p *process) lookPath() (string, error) {
+	name := p.argv[0]
+	if strings.Contains(name, "/") {
+		if filepath.IsAbs(name) {
+			return name, nil
+		}
+		return filepath.Join(p.dir, name), nil
+	}
+	search, found := defaultSearchPath, false
+	for _, e := range p.env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			search, found = v, true
+		}
+	}
+	for _, d := range filepath.SplitList(search) {
+		if d == "" {
+			d = "."
+		}
+		if !filepath.IsAbs(d) {
+			d = filepath.Join(p.dir, d)
+		}
+		c := filepath.Join(d, name)
+		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return c, nil
+		}
+	}
+	if !found {
+		search += " (the action's environment sets no PATH)"
+	}
+	return "", status.Errorf(codes.InvalidArgument, "Failed to start command: %q not found in PATH %s", name, search)
+}
+
+// run starts the process and waits for it to exit, for its timeout, or for ctx to end; in the
+// latter two cases its whole process group is killed. Processes it left behind in its group
+// are killed in every case. The error is INVALID_ARGUMENT when the command cannot be started,
+// and the context's status when ctx ended.
+func (p *process) run(ctx context.Context) (processResult, error) {
+	path, err := p.lookPath()
+	if err != nil {
+		return processResult{}, err
+	}
+	stdout, err := os.OpenFile(p.stdout, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return processResult{}, status.Errorf(codes.Internal, "Failed to create stdout file: %v", err)
+	}
+	defer stdout.Close()
+	stderr, err := os.OpenFile(p.stderr, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return processResult{}, status.Errorf(codes.Internal, "Failed to create stderr file: %v", err)
+	}
+	defer stderr.Close()
+	cmd := &exec.Cmd{
+		Path:   path,
+		Args:   p.argv,
+		Env:    p.env, // Never nil: nothing is inherited from the worker.
+		Dir:    p.dir,
+		Stdout: stdout,
+		Stderr: stderr,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	if err := cmd.Start(); err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) && (errno == syscall.ENOENT || errno == syscall.EACCES || errno == syscall.ENOEXEC || errno == syscall.ENOTDIR || errno == syscall.EISDIR) {
+			return processResult{}, status.Errorf(codes.InvalidArgument, "Failed to start command %q: %v", p.argv[0], err)
+		}
+		return processResult{}, status.Errorf(codes.Internal, "Failed to start command %q: %v", p.argv[0], err)
+	}
+	pgid := cmd.Process.Pid
+	killGroup := func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) }
+	defer killGroup() // Leftover background processes die with the action.
+
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var expired <-chan time.Time
+	if p.timeout > 0 {
+		t, c := p.clock.NewTimer(p.timeout)
+		defer t.Stop()
+		expired = c
+	}
+	var res processResult
+	select {
+	case <-done:
+	case <-expired:
+		killGroup()
+		<-done
+		res.timedOut = true
+	case <-ctx.Done():
+		killGroup()
+		<-done
+		return processResult{}, status.FromContextError(ctx.Err()).Err()
+	}
+	ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Exited():
+		res.exitCode = int32(ws.ExitStatus())
+	case ws.Signaled():
+		res.exitCode = 128 + int32(ws.Signal())
+	default:
+		res.exitCode = -1
+	}
+	return res, nil
+}

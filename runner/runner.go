@@ -1,0 +1,333 @@
+// Package runner runs one REAPI action on a worker: it materializes the input root from a
+// local content-addressed file cache (hardlinks of read-only files fetched from the remote
+// CAS), runs the command in its own process group with exactly the environment it was given,
+// enforces the action's timeout, and uploads the outputs, stdout and stderr to the CAS,
+// returning the ActionResult.
+package runner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// Defaults for the zero values of Config fields.
+const (
+	DefaultMaxCacheSize         = 30 << 30
+	DefaultAppendOnlyCachesBase = "/toolchain/caches"
+	DefaultFetchConcurrency     = 8
+)
+
+// messageCacheSize bounds the serialized size of the Directory and Command messages kept in
+// memory.
+const messageCacheSize = 64 << 20
+
+// Config configures a Runner.
+type Config struct {
+	// CacheDir holds the file cache (CacheDir/files) and the action directories
+	// (CacheDir/actions). It is created if missing and must not be shared by two workers.
+	CacheDir string
+	// MaxCacheSize bounds the total size of the file cache in bytes (DefaultMaxCacheSize when
+	// zero). Files in use by running actions are never evicted, so it may be exceeded while an
+	// action's inputs are larger than the bound.
+	MaxCacheSize int64
+	// AppendOnlyCachesBase is the persistent directory Pants' __pants_wrapper__ keeps its
+	// append-only caches in, shared by concurrent actions (DefaultAppendOnlyCachesBase when
+	// empty). It is created if missing and must be writable.
+	AppendOnlyCachesBase string
+	// InstanceName is the REAPI instance name used for every CAS request.
+	InstanceName string
+	// WorkerID is reported in ExecutedActionMetadata.worker.
+	WorkerID string
+	// FetchConcurrency bounds the concurrent CAS requests and file placements of one action
+	// (DefaultFetchConcurrency when zero).
+	FetchConcurrency int
+	// MaxBatchSize bounds the total size of one BatchReadBlobs or BatchUpdateBlobs request
+	// (4 MiB when zero); it is lowered to the server's max_batch_total_size_bytes when
+	// GetCapabilities reports a smaller one.
+	MaxBatchSize int64
+}
+
+// Runner runs actions. It is safe for concurrent use; concurrent actions share the file cache.
+type Runner struct {
+	cfg      Config
+	clock    clock.Clock
+	logger   zerolog.Logger
+	cas      *casClient
+	files    *fileCache
+	inputs   *inputRoot
+	commands *messageCache
+	actions  string
+	lock     *os.File
+}
+
+// New opens the cache directory (taking an exclusive lock on it), removes action directories
+// left behind by a crash, opens the file cache, and makes sure the append-only caches base
+// exists. conn reaches the CAS, ByteStream and Capabilities services.
+func New(cfg Config, conn grpc.ClientConnInterface, clk clock.Clock, logger zerolog.Logger) (*Runner, error) {
+	if cfg.CacheDir == "" {
+		return nil, status.Error(codes.InvalidArgument, "Runner: no cache directory configured")
+	}
+	if err := digest.CheckInstanceName(cfg.InstanceName); err != nil {
+		return nil, err
+	}
+	if cfg.MaxCacheSize <= 0 {
+		cfg.MaxCacheSize = DefaultMaxCacheSize
+	}
+	if cfg.AppendOnlyCachesBase == "" {
+		cfg.AppendOnlyCachesBase = DefaultAppendOnlyCachesBase
+	}
+	if cfg.FetchConcurrency <= 0 {
+		cfg.FetchConcurrency = DefaultFetchConcurrency
+	}
+	dir, err := filepath.Abs(cfg.CacheDir)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "Runner: invalid cache directory: %v", err)
+	}
+	cfg.CacheDir = dir
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, status.Errorf(codes.Internal, "Failed to create cache directory: %v", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "Failed to lock cache directory: %v", err)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, status.Errorf(codes.FailedPrecondition, "Cache directory %s is in use by another worker: %v", dir, err)
+	}
+	r := &Runner{cfg: cfg, clock: clk, logger: logger, actions: filepath.Join(dir, "actions"), lock: lock}
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
+	if err := r.cleanActions(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.AppendOnlyCachesBase, 0o755); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "Failed to create append-only caches base %s: %v", cfg.AppendOnlyCachesBase, err)
+	}
+	if err := unix.Access(cfg.AppendOnlyCachesBase, unix.W_OK|unix.X_OK); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "Append-only caches base %s is not writable: %v", cfg.AppendOnlyCachesBase, err)
+	}
+	r.cas = newCASClient(conn, cfg.InstanceName, cfg.MaxBatchSize, cfg.FetchConcurrency)
+	r.files, err = newFileCache(filepath.Join(dir, "files"), cfg.MaxCacheSize, r.cas, cfg.FetchConcurrency, logger)
+	if err != nil {
+		return nil, err
+	}
+	r.inputs = &inputRoot{cas: r.cas, files: r.files, messages: newMessageCache(messageCacheSize), concurrency: cfg.FetchConcurrency}
+	r.commands = newMessageCache(messageCacheSize / 8)
+	ok = true
+	return r, nil
+}
+
+// cleanActions removes every action directory, left behind by a worker that crashed.
+func (r *Runner) cleanActions() error {
+	des, err := os.ReadDir(r.actions)
+	if err != nil && !os.IsNotExist(err) {
+		return status.Errorf(codes.Internal, "Failed to read action directories: %v", err)
+	}
+	for _, de := range des {
+		p := filepath.Join(r.actions, de.Name())
+		if err := removeAll(p); err != nil {
+			return status.Errorf(codes.Internal, "Failed to remove stale action directory %s: %v", p, err)
+		}
+		r.logger.Info().Str("path", p).Msg("Removed stale action directory")
+	}
+	if err := os.MkdirAll(r.actions, 0o755); err != nil {
+		return status.Errorf(codes.Internal, "Failed to create action directories: %v", err)
+	}
+	return nil
+}
+
+// Close releases the cache directory. Actions still running are not waited for.
+func (r *Runner) Close() error {
+	return r.lock.Close()
+}
+
+// CacheStats returns the number of files in the file cache and their total size in bytes.
+func (r *Runner) CacheStats() (files int, bytes int64) {
+	return r.files.stats()
+}
+
+// Run runs action (whose digest is actionDigest) and returns its ActionResult with outputs,
+// stdout and stderr uploaded to the CAS.
+//
+// A non-nil error carries the gRPC status for ExecuteResponse.status: INVALID_ARGUMENT for a
+// malformed action, FAILED_PRECONDITION with MISSING violations for inputs absent from the CAS,
+// DEADLINE_EXCEEDED when Action.timeout expired (the ActionResult, with partial stdout and
+// stderr, is then returned too), the context's status (CANCELLED) when ctx ended, UNAVAILABLE
+// when the result cannot be trusted and a retry will do (an input was written by another
+// action sharing it), and INTERNAL or UNAVAILABLE for infrastructure problems.
+func (r *Runner) Run(ctx context.Context, actionDigest digest.Digest, action *repb.Action) (*repb.ActionResult, error) {
+	logger := r.logger.With().Str("action_digest", actionDigest.String()).Logger()
+	md := &repb.ExecutedActionMetadata{Worker: r.cfg.WorkerID, WorkerStartTimestamp: r.now()}
+	res, err := r.run(ctx, logger, action, md)
+	if err != nil && ctx.Err() != nil {
+		err = status.FromContextError(ctx.Err()).Err()
+		res = nil
+	}
+	if res != nil {
+		md.WorkerCompletedTimestamp = r.now()
+		res.ExecutionMetadata = md
+	}
+	if err != nil {
+		logger.Info().Str("code", status.Code(err).String()).Err(err).Msg("Action did not complete")
+	} else {
+		logger.Debug().Int32("exit_code", res.GetExitCode()).Msg("Action completed")
+	}
+	return res, err
+}
+
+func (r *Runner) now() *timestamppb.Timestamp { return timestamppb.New(r.clock.Now()) }
+
+func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Action, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
+	cmdDigest, err := digest.FromProto(action.GetCommandDigest())
+	if err != nil {
+		return nil, wrap(err, "Invalid command digest")
+	}
+	rootDigest, err := digest.FromProto(action.GetInputRootDigest())
+	if err != nil {
+		return nil, wrap(err, "Invalid input root digest")
+	}
+	var timeout time.Duration
+	if t := action.GetTimeout(); t != nil {
+		if err := t.CheckValid(); err != nil || t.AsDuration() < 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "Invalid action timeout %v", t)
+		}
+		timeout = t.AsDuration()
+	}
+
+	md.InputFetchStartTimestamp = r.now()
+	cmd, err := r.fetchCommand(ctx, cmdDigest)
+	if err != nil {
+		return nil, err
+	}
+	workDir, err := cleanRelPath("Working directory", cmd.GetWorkingDirectory())
+	if err != nil {
+		return nil, err
+	}
+	outs, err := parseOutputs(cmd, workDir)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := newActionDir(r.actions)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := dir.Close(); err != nil {
+			logger.Warn().Err(err).Str("path", dir.path).Msg("Failed to remove action directory")
+		}
+	}()
+	proc, err := newProcess(cmd, filepath.Join(dir.root, workDir), dir.stdout, dir.stderr, timeout, r.clock)
+	if err != nil {
+		return nil, err
+	}
+	ps := r.files.newPinSet()
+	released := false
+	defer func() {
+		if !released {
+			ps.release()
+		}
+	}()
+	if err := r.inputs.materialize(ctx, ps, rootDigest, dir.root); err != nil {
+		return nil, err
+	}
+	if err := dir.mkdirAll(workDir); err != nil {
+		return nil, err
+	}
+	if err := outs.createParents(dir); err != nil {
+		return nil, err
+	}
+	md.InputFetchCompletedTimestamp = r.now()
+
+	md.ExecutionStartTimestamp = r.now()
+	pr, err := proc.run(ctx)
+	md.ExecutionCompletedTimestamp = r.now()
+	released = true
+	if terr := ps.release(); terr != nil && err == nil {
+		err = terr
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	md.OutputUploadStartTimestamp = r.now()
+	result := &repb.ActionResult{ExitCode: pr.exitCode}
+	blobs, err := outs.collect(dir, result)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range []struct {
+		path string
+		set  func(*repb.Digest)
+	}{
+		{dir.stdout, func(d *repb.Digest) { result.StdoutDigest = d }},
+		{dir.stderr, func(d *repb.Digest) { result.StderrDigest = d }},
+	} {
+		d, src, err := logBlob(s.path)
+		if err != nil {
+			return nil, err
+		}
+		blobs[d] = src
+		s.set(d.Proto())
+	}
+	if err := r.cas.upload(ctx, blobs); err != nil {
+		return nil, wrap(err, "Failed to upload outputs")
+	}
+	md.OutputUploadCompletedTimestamp = r.now()
+	if pr.timedOut {
+		return result, status.Errorf(codes.DeadlineExceeded, "Action timed out after %s", timeout)
+	}
+	return result, nil
+}
+
+// logBlob hashes the stdout or stderr file at path.
+func logBlob(path string) (digest.Digest, uploadSource, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return digest.Digest{}, uploadSource{}, status.Errorf(codes.Internal, "Failed to read %s: %v", filepath.Base(path), err)
+	}
+	defer f.Close()
+	d, data, err := hashFile(f, 0)
+	if err != nil {
+		return digest.Digest{}, uploadSource{}, status.Errorf(codes.Internal, "Failed to read %s: %v", filepath.Base(path), err)
+	}
+	if data != nil || d.Size == 0 {
+		return d, uploadSource{data: data}, nil
+	}
+	return d, uploadSource{open: func() (*os.File, error) { return os.Open(path) }}, nil
+}
+
+// fetchCommand returns the Command with digest d, from memory or the CAS.
+func (r *Runner) fetchCommand(ctx context.Context, d digest.Digest) (*repb.Command, error) {
+	if m, ok := r.commands.get(d).(*repb.Command); ok {
+		return m, nil
+	}
+	blobs, err := r.cas.readBlobs(ctx, []digest.Digest{d})
+	if err != nil {
+		return nil, wrap(err, "Failed to fetch command %s", d)
+	}
+	cmd := &repb.Command{}
+	if err := proto.Unmarshal(blobs[d], cmd); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "Command %s is not a Command message: %v", d, err)
+	}
+	r.commands.put(d, cmd)
+	return cmd, nil
+}

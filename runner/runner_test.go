@@ -1,0 +1,652 @@
+package runner_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/rs/zerolog"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/runner"
+)
+
+var epoch = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// fixture is a runner against an in-memory CAS, with a fake clock.
+type fixture struct {
+	t     *testing.T
+	cas   *testCAS
+	conn  *grpc.ClientConn
+	clock *clock.Fake
+	cfg   runner.Config
+	r     *runner.Runner
+}
+
+func newFixture(t *testing.T, edit func(*runner.Config)) *fixture {
+	t.Helper()
+	cas, conn := startCAS(t, 4<<20)
+	f := &fixture{t: t, cas: cas, conn: conn, clock: clock.NewFake(epoch)}
+	f.cfg = runner.Config{
+		CacheDir:             filepath.Join(t.TempDir(), "cache"),
+		AppendOnlyCachesBase: filepath.Join(t.TempDir(), "toolchain", "caches"),
+		InstanceName:         "main",
+		WorkerID:             "worker-1",
+	}
+	if edit != nil {
+		edit(&f.cfg)
+	}
+	f.open()
+	return f
+}
+
+// open (re)creates the runner on the fixture's cache directory.
+func (f *fixture) open() {
+	f.t.Helper()
+	if f.r != nil {
+		f.r.Close()
+	}
+	r, err := runner.New(f.cfg, f.conn, f.clock, zerolog.New(zerolog.NewTestWriter(f.t)).Level(zerolog.InfoLevel))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.r = r
+	f.t.Cleanup(func() { r.Close() })
+}
+
+func shell(script string, outputs ...string) *repb.Command {
+	return &repb.Command{
+		Arguments:            []string{"/bin/sh", "-c", script},
+		EnvironmentVariables: []*repb.Command_EnvironmentVariable{{Name: "PATH", Value: "/usr/bin:/bin"}},
+		OutputPaths:          outputs,
+	}
+}
+
+// run uploads cmd and inputs and runs the action.
+func (f *fixture) run(ctx context.Context, cmd *repb.Command, inputs map[string]entry, timeout time.Duration) (*repb.ActionResult, error) {
+	root := f.cas.putTree(f.t, inputs)
+	ad, a := f.cas.putAction(f.t, cmd, root, timeout)
+	return f.r.Run(ctx, ad, a)
+}
+
+// mustRun runs the action and fails the test unless it completes.
+func (f *fixture) mustRun(cmd *repb.Command, inputs map[string]entry) *repb.ActionResult {
+	f.t.Helper()
+	res, err := f.run(context.Background(), cmd, inputs, 0)
+	if err != nil {
+		f.t.Fatalf("Run: %v", err)
+	}
+	return res
+}
+
+func (f *fixture) stdout(res *repb.ActionResult) string {
+	return string(f.cas.get(f.t, res.GetStdoutDigest()))
+}
+
+func (f *fixture) stderr(res *repb.ActionResult) string {
+	return string(f.cas.get(f.t, res.GetStderrDigest()))
+}
+
+func checkStatus(t *testing.T, err error, want *status.Status) {
+	t.Helper()
+	if got := status.Convert(err).Proto(); !proto.Equal(got, want.Proto()) {
+		t.Fatalf("status:\n got %v\nwant %v", got, want.Proto())
+	}
+}
+
+func TestRunOutputsFilesDirectoriesSymlinks(t *testing.T) {
+	f := newFixture(t, nil)
+	cmd := shell(`echo hello; echo oops >&2
+mkdir -p out/dir/sub out/dir/empty
+echo a > out/dir/a; echo b > out/dir/sub/b; echo a > out/dir/sub/a2
+ln -s a out/dir/rel
+printf x > out/file; chmod 755 out/file
+ln -s /etc/passwd out/link
+cat in/data > out/copy`, "out/file", "out/dir", "out/link", "out/missing", "out/copy")
+	res := f.mustRun(cmd, map[string]entry{"in/data": {content: "input data"}})
+
+	if got := f.stdout(res); got != "hello\n" {
+		t.Errorf("stdout = %q", got)
+	}
+	if got := f.stderr(res); got != "oops\n" {
+		t.Errorf("stderr = %q", got)
+	}
+	if res.GetExitCode() != 0 {
+		t.Errorf("exit code = %d", res.GetExitCode())
+	}
+	want := []*repb.OutputFile{
+		{Path: "out/file", Digest: digest.FromBytes([]byte("x")).Proto(), IsExecutable: true},
+		{Path: "out/copy", Digest: digest.FromBytes([]byte("input data")).Proto()},
+	}
+	if len(res.GetOutputFiles()) != len(want) {
+		t.Fatalf("output files = %v", res.GetOutputFiles())
+	}
+	for i, w := range want {
+		if !proto.Equal(res.GetOutputFiles()[i], w) {
+			t.Errorf("output file %d = %v, want %v", i, res.GetOutputFiles()[i], w)
+		}
+		if string(f.cas.get(t, w.Digest)) == "" {
+			t.Errorf("output %s not uploaded", w.Path)
+		}
+	}
+	if got := res.GetOutputSymlinks(); len(got) != 1 || !proto.Equal(got[0], &repb.OutputSymlink{Path: "out/link", Target: "/etc/passwd"}) {
+		t.Errorf("output symlinks = %v", got)
+	}
+	if len(res.GetOutputFileSymlinks())+len(res.GetOutputDirectorySymlinks()) != 0 {
+		t.Errorf("old-style symlink fields filled for an output_paths client: %v", res)
+	}
+
+	if len(res.GetOutputDirectories()) != 1 {
+		t.Fatalf("output directories = %v", res.GetOutputDirectories())
+	}
+	od := res.GetOutputDirectories()[0]
+	if od.GetPath() != "out/dir" || !od.GetIsTopologicallySorted() {
+		t.Errorf("output directory = %v", od)
+	}
+	var tree repb.Tree
+	f.cas.getMessage(t, od.GetTreeDigest(), &tree)
+	a := digest.FromBytes([]byte("a\n")).Proto()
+	sub := &repb.Directory{Files: []*repb.FileNode{
+		{Name: "a2", Digest: a},
+		{Name: "b", Digest: digest.FromBytes([]byte("b\n")).Proto()},
+	}}
+	empty := &repb.Directory{}
+	_, subD, _ := digest.FromMessage(sub)
+	_, emptyD, _ := digest.FromMessage(empty)
+	wantRoot := &repb.Directory{
+		Files:       []*repb.FileNode{{Name: "a", Digest: a}},
+		Directories: []*repb.DirectoryNode{{Name: "empty", Digest: emptyD.Proto()}, {Name: "sub", Digest: subD.Proto()}},
+		Symlinks:    []*repb.SymlinkNode{{Name: "rel", Target: "a"}},
+	}
+	if !proto.Equal(tree.GetRoot(), wantRoot) {
+		t.Errorf("tree root = %v\nwant %v", tree.GetRoot(), wantRoot)
+	}
+	if len(tree.GetChildren()) != 2 {
+		t.Fatalf("tree children = %v", tree.GetChildren())
+	}
+	for _, c := range tree.GetChildren() {
+		if !proto.Equal(c, sub) && !proto.Equal(c, empty) {
+			t.Errorf("unexpected tree child %v", c)
+		}
+	}
+	f.cas.get(t, a) // The files inside the tree are uploaded too.
+
+	md := res.GetExecutionMetadata()
+	if md.GetWorker() != "worker-1" {
+		t.Errorf("worker = %q", md.GetWorker())
+	}
+	for name, ts := range map[string]interface{ AsTime() time.Time }{
+		"worker_start": md.GetWorkerStartTimestamp(), "worker_completed": md.GetWorkerCompletedTimestamp(),
+		"input_fetch_start": md.GetInputFetchStartTimestamp(), "input_fetch_completed": md.GetInputFetchCompletedTimestamp(),
+		"execution_start": md.GetExecutionStartTimestamp(), "execution_completed": md.GetExecutionCompletedTimestamp(),
+		"output_upload_start": md.GetOutputUploadStartTimestamp(), "output_upload_completed": md.GetOutputUploadCompletedTimestamp(),
+	} {
+		if !ts.AsTime().Equal(epoch) {
+			t.Errorf("%s = %v, want the injected clock's %v", name, ts.AsTime(), epoch)
+		}
+	}
+	if md.GetQueuedTimestamp() != nil {
+		t.Errorf("queued timestamp set by the runner: %v", md.GetQueuedTimestamp())
+	}
+}
+
+func TestRunOldStyleOutputs(t *testing.T) {
+	f := newFixture(t, nil)
+	cmd := &repb.Command{
+		Arguments: []string{"/bin/sh", "-c", `echo f > deep/nested/f
+mkdir d; echo x > d/x
+ln -s f deep/nested/flink
+ln -s d dlink
+echo notadir > filenotdir`},
+		OutputFiles:       []string{"deep/nested/f", "deep/nested/flink", "d"},
+		OutputDirectories: []string{"d", "dlink", "filenotdir", "nothere/dir"},
+	}
+	res := f.mustRun(cmd, nil)
+	if got := res.GetOutputFiles(); len(got) != 1 || got[0].GetPath() != "deep/nested/f" {
+		t.Errorf("output files = %v", got)
+	}
+	if got := res.GetOutputFileSymlinks(); len(got) != 1 || !proto.Equal(got[0], &repb.OutputSymlink{Path: "deep/nested/flink", Target: "f"}) {
+		t.Errorf("output file symlinks = %v", got)
+	}
+	if got := res.GetOutputDirectorySymlinks(); len(got) != 1 || !proto.Equal(got[0], &repb.OutputSymlink{Path: "dlink", Target: "d"}) {
+		t.Errorf("output directory symlinks = %v", got)
+	}
+	if len(res.GetOutputSymlinks()) != 0 {
+		t.Errorf("output_symlinks filled for an old client: %v", res.GetOutputSymlinks())
+	}
+	if got := res.GetOutputDirectories(); len(got) != 1 || got[0].GetPath() != "d" {
+		t.Fatalf("output directories = %v", got)
+	}
+	var tree repb.Tree
+	f.cas.getMessage(t, res.GetOutputDirectories()[0].GetTreeDigest(), &tree)
+	if len(tree.GetRoot().GetFiles()) != 1 || tree.GetRoot().GetFiles()[0].GetName() != "x" {
+		t.Errorf("tree = %v", &tree)
+	}
+}
+
+func TestRunDirectoryOnlyFormat(t *testing.T) {
+	f := newFixture(t, nil)
+	cmd := shell("mkdir -p o/s; echo 1 > o/s/f", "o")
+	cmd.OutputDirectoryFormat = repb.Command_DIRECTORY_ONLY
+	res := f.mustRun(cmd, nil)
+	od := res.GetOutputDirectories()[0]
+	if od.GetTreeDigest() != nil {
+		t.Errorf("tree digest set for DIRECTORY_ONLY: %v", od)
+	}
+	var root, sub repb.Directory
+	f.cas.getMessage(t, od.GetRootDirectoryDigest(), &root)
+	f.cas.getMessage(t, root.GetDirectories()[0].GetDigest(), &sub)
+	if sub.GetFiles()[0].GetName() != "f" {
+		t.Errorf("sub = %v", &sub)
+	}
+}
+
+func TestRunExitCode(t *testing.T) {
+	f := newFixture(t, nil)
+	res := f.mustRun(shell("echo partial; exit 3"), nil)
+	if res.GetExitCode() != 3 || f.stdout(res) != "partial\n" {
+		t.Errorf("exit code %d, stdout %q", res.GetExitCode(), f.stdout(res))
+	}
+	res = f.mustRun(shell("kill -9 $$"), nil)
+	if res.GetExitCode() != 137 {
+		t.Errorf("killed command: exit code %d, want 137", res.GetExitCode())
+	}
+}
+
+func TestRunEnvironmentExactlyAsGiven(t *testing.T) {
+	t.Setenv("BUILDFLEET_SECRET", "hunter2")
+	f := newFixture(t, nil)
+	cmd := &repb.Command{
+		Arguments: []string{"env"},
+		EnvironmentVariables: []*repb.Command_EnvironmentVariable{
+			{Name: "PATH", Value: "/usr/bin:/bin"},
+			{Name: "A", Value: "1 2"},
+			{Name: "EMPTY", Value: ""},
+		},
+	}
+	res := f.mustRun(cmd, nil)
+	if got, want := f.stdout(res), "PATH=/usr/bin:/bin\nA=1 2\nEMPTY=\n"; got != want {
+		t.Errorf("environment = %q, want %q", got, want)
+	}
+}
+
+func TestRunArgv0Resolution(t *testing.T) {
+	f := newFixture(t, nil)
+	inputs := map[string]entry{
+		"w/tool.sh":     {content: "#!/bin/sh\necho tool \"$@\"\n", exec: true},
+		"w/bin/inpath":  {content: "#!/bin/sh\necho inpath\n", exec: true},
+		"w/bin/notexec": {content: "#!/bin/sh\necho no\n"},
+	}
+	for _, tc := range []struct {
+		name string
+		argv []string
+		path string
+		want string
+	}{
+		{"relative to working directory", []string{"./tool.sh", "x"}, "", "tool x\n"},
+		{"relative PATH entry", []string{"inpath"}, "bin:/bin", "inpath\n"},
+		{"no PATH uses /bin:/usr/bin", []string{"echo", "hi"}, "-", "hi\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := &repb.Command{Arguments: tc.argv, WorkingDirectory: "w"}
+			if tc.path != "-" && tc.path != "" {
+				cmd.EnvironmentVariables = []*repb.Command_EnvironmentVariable{{Name: "PATH", Value: tc.path}}
+			}
+			res := f.mustRun(cmd, inputs)
+			if got := f.stdout(res); got != tc.want {
+				t.Errorf("stdout = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	cmd := &repb.Command{Arguments: []string{"notexec"}, WorkingDirectory: "w",
+		EnvironmentVariables: []*repb.Command_EnvironmentVariable{{Name: "PATH", Value: "bin"}}}
+	_, err := f.run(context.Background(), cmd, inputs, 0)
+	checkStatus(t, err, status.New(codes.InvalidArgument, `Failed to start command: "notexec" not found in PATH bin`))
+}
+
+func TestRunWorkingDirectory(t *testing.T) {
+	f := newFixture(t, nil)
+	cmd := shell(`pwd; cat in; echo o > out/o`, "out/o")
+	cmd.WorkingDirectory = "sub/dir"
+	res := f.mustRun(cmd, map[string]entry{"sub/dir/in": {content: "input\n"}})
+	lines := strings.Split(f.stdout(res), "\n")
+	if !strings.HasSuffix(lines[0], "/root/sub/dir") || !strings.HasPrefix(lines[0], f.cfg.CacheDir+"/actions/") {
+		t.Errorf("pwd = %q", lines[0])
+	}
+	if lines[1] != "input" {
+		t.Errorf("input = %q", lines[1])
+	}
+	if got := res.GetOutputFiles(); len(got) != 1 || got[0].GetPath() != "out/o" {
+		t.Errorf("outputs = %v", got)
+	}
+	// A working directory absent from the input root is created.
+	cmd.WorkingDirectory = "made/here"
+	res = f.mustRun(cmd, nil)
+	if !strings.Contains(f.stdout(res), "/root/made/here\n") {
+		t.Errorf("stdout = %q", f.stdout(res))
+	}
+}
+
+func TestRunActionDirectoryRemoved(t *testing.T) {
+	f := newFixture(t, nil)
+	// A read-only directory left by the action does not prevent removal.
+	f.mustRun(shell("mkdir -p ro/x && touch ro/x/f && chmod 555 ro/x ro"), map[string]entry{"in": {content: "i"}})
+	des, err := os.ReadDir(filepath.Join(f.cfg.CacheDir, "actions"))
+	if err != nil || len(des) != 0 {
+		t.Errorf("action directories left: %v %v", des, err)
+	}
+}
+
+func TestNewCleansStaleActionDirectories(t *testing.T) {
+	f := newFixture(t, nil)
+	f.r.Close()
+	stale := filepath.Join(f.cfg.CacheDir, "actions", "a123", "root", "ro")
+	if err := os.MkdirAll(stale, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stale, "f"), []byte("x"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(stale, 0o555)
+	f.r = nil
+	f.open()
+	if _, err := os.Stat(filepath.Join(f.cfg.CacheDir, "actions", "a123")); !os.IsNotExist(err) {
+		t.Errorf("stale action directory still there: %v", err)
+	}
+}
+
+func TestNewRefusesACacheDirectoryInUse(t *testing.T) {
+	f := newFixture(t, nil)
+	_, err := runner.New(f.cfg, f.conn, f.clock, zerolog.Nop())
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "in use by another worker") {
+		t.Errorf("second runner on one cache directory: %v", err)
+	}
+}
+
+func TestRunMissingInputs(t *testing.T) {
+	f := newFixture(t, nil)
+	root := f.cas.putTree(t, map[string]entry{"a": {content: "present"}, "b": {content: "gone"}, "big": {content: strings.Repeat("g", 5<<20)}})
+	gone := digest.FromBytes([]byte("gone"))
+	big := digest.FromBytes([]byte(strings.Repeat("g", 5<<20)))
+	f.cas.remove(gone)
+	f.cas.remove(big)
+	ad, a := f.cas.putAction(t, shell("true"), root, 0)
+	_, err := f.r.Run(context.Background(), ad, a)
+	st := status.Convert(err)
+	if st.Code() != codes.FailedPrecondition {
+		t.Fatalf("status = %v", st)
+	}
+	var subjects []string
+	for _, d := range st.Details() {
+		for _, v := range d.(*errdetails.PreconditionFailure).GetViolations() {
+			if v.GetType() != "MISSING" {
+				t.Errorf("violation type %q", v.GetType())
+			}
+			subjects = append(subjects, v.GetSubject())
+		}
+	}
+	if len(subjects) != 2 || !contains(subjects, gone.MissingSubject()) || !contains(subjects, big.MissingSubject()) {
+		t.Errorf("violations = %v, want %s and %s", subjects, gone.MissingSubject(), big.MissingSubject())
+	}
+
+	// A missing Command is MISSING too, with the whole status as clients see it.
+	cmdD := f.cas.putMessage(t, shell("echo never"))
+	f.cas.remove(cmdD)
+	a = &repb.Action{CommandDigest: cmdD.Proto(), InputRootDigest: root.Proto()}
+	_, err = f.r.Run(context.Background(), digest.FromBytes([]byte("x")), a)
+	want, _ := status.New(codes.FailedPrecondition, "Failed to fetch command "+cmdD.String()+": Blob "+cmdD.String()+" is missing from the CAS").
+		WithDetails(&errdetails.PreconditionFailure{Violations: []*errdetails.PreconditionFailure_Violation{{Type: "MISSING", Subject: cmdD.MissingSubject()}}})
+	checkStatus(t, err, want)
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRunInvalidActions(t *testing.T) {
+	f := newFixture(t, nil)
+	canaryDir := t.TempDir()
+	canary := filepath.Join(canaryDir, "canary")
+	if err := os.WriteFile(canary, []byte("canary"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	touch := "echo pwned > " + canary + "; "
+	for _, tc := range []struct {
+		name   string
+		cmd    *repb.Command
+		inputs map[string]entry
+		want   *status.Status
+	}{
+		{"output path with ..", shell(touch, "../x"), nil,
+			status.New(codes.InvalidArgument, `Output path "../x" contains ".."`)},
+		{"absolute output path", shell(touch, "/etc/passwd"), nil,
+			status.New(codes.InvalidArgument, `Output path "/etc/passwd" is absolute`)},
+		{"old-style output with ..", &repb.Command{Arguments: []string{"/bin/sh", "-c", touch}, OutputFiles: []string{"a/../../x"}}, nil,
+			status.New(codes.InvalidArgument, `Output path "a/../../x" contains ".."`)},
+		{"working directory escaping", &repb.Command{Arguments: []string{"/bin/sh", "-c", touch}, WorkingDirectory: "../.."}, nil,
+			status.New(codes.InvalidArgument, `Working directory "../.." contains ".."`)},
+		{"input named ..", shell(touch), map[string]entry{"../escape": {content: "x"}}, nil},
+		{"output parent through an input symlink leading outside", shell(touch, "link/sub/f"),
+			map[string]entry{"link": {symlink: canaryDir}},
+			status.New(codes.InvalidArgument, `Path "link" resolves outside the action directory`)},
+		{"output through a symlink the action made", shell("rmdir out && ln -s "+canaryDir+" out", "out/canary"), nil,
+			status.New(codes.InvalidArgument, `Failed to collect output "out/canary": Path "out" resolves outside the action directory`)},
+		{"empty environment variable name", &repb.Command{Arguments: []string{"/bin/sh", "-c", touch},
+			EnvironmentVariables: []*repb.Command_EnvironmentVariable{{Name: "", Value: "x"}}}, nil,
+			status.New(codes.InvalidArgument, `Invalid environment variable ""`)},
+		{"no arguments", &repb.Command{}, nil, status.New(codes.InvalidArgument, "Command has no arguments")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var err error
+			if tc.name == "input named .." {
+				// putTree cannot express this name; build the Directory by hand.
+				file := f.cas.put([]byte("x"))
+				root := f.cas.putMessage(t, &repb.Directory{Files: []*repb.FileNode{{Name: "..", Digest: file.Proto()}}})
+				ad, a := f.cas.putAction(t, tc.cmd, root, 0)
+				_, err = f.r.Run(context.Background(), ad, a)
+				checkStatus(t, err, status.New(codes.InvalidArgument, "Invalid input directory "+root.String()+`: Invalid directory entry name ".."`))
+				return
+			}
+			_, err = f.run(context.Background(), tc.cmd, tc.inputs, 0)
+			checkStatus(t, err, tc.want)
+		})
+	}
+	for _, name := range []string{"a/b", "", "."} {
+		file := f.cas.put([]byte("x"))
+		root := f.cas.putMessage(t, &repb.Directory{Directories: []*repb.DirectoryNode{{Name: name, Digest: f.cas.putMessage(t, &repb.Directory{Files: []*repb.FileNode{{Name: "f", Digest: file.Proto()}}}).Proto()}}})
+		ad, a := f.cas.putAction(t, shell(touch), root, 0)
+		_, err := f.r.Run(context.Background(), ad, a)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "Invalid directory entry name") {
+			t.Errorf("entry %q: %v", name, err)
+		}
+	}
+	if b, err := os.ReadFile(canary); err != nil || string(b) != "canary" {
+		t.Errorf("canary = %q, %v", b, err)
+	}
+	if des, _ := os.ReadDir(canaryDir); len(des) != 1 {
+		t.Errorf("files created outside the action directory: %v", des)
+	}
+}
+
+func TestRunSymlinkOutputPointingOutsideIsNotFollowed(t *testing.T) {
+	f := newFixture(t, nil)
+	secret := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secret, []byte("secret"), 0o600)
+	res := f.mustRun(shell("ln -s "+secret+" out; mkdir d; ln -s "+secret+" d/s", "out", "d"), nil)
+	if got := res.GetOutputSymlinks(); len(got) != 1 || got[0].GetTarget() != secret {
+		t.Errorf("symlinks = %v", got)
+	}
+	var tree repb.Tree
+	f.cas.getMessage(t, res.GetOutputDirectories()[0].GetTreeDigest(), &tree)
+	if s := tree.GetRoot().GetSymlinks(); len(s) != 1 || s[0].GetTarget() != secret || len(tree.GetRoot().GetFiles()) != 0 {
+		t.Errorf("tree root = %v", tree.GetRoot())
+	}
+	if f.cas.uploadsOf(digest.FromBytes([]byte("secret"))) != 0 {
+		t.Error("the symlink target's content was uploaded")
+	}
+}
+
+func TestRunInputSymlinksAndModes(t *testing.T) {
+	f := newFixture(t, nil)
+	res := f.mustRun(shell(`stat -c '%n %a %F' plain exe same-exe empty dir/link; readlink dir/link abs`), map[string]entry{
+		"plain":    {content: "same"},
+		"exe":      {content: "#!/bin/sh\n", exec: true},
+		"same-exe": {content: "same", exec: true},
+		"empty":    {content: ""},
+		"dir/link": {symlink: "../plain"},
+		"abs":      {symlink: "/nonexistent/abs"},
+		"emptydir": {dir: true},
+	})
+	want := "plain 444 regular file\nexe 555 regular file\nsame-exe 555 regular file\nempty 444 regular empty file\ndir/link 777 symbolic link\n../plain\n/nonexistent/abs\n"
+	if got := f.stdout(res); got != want {
+		t.Errorf("stdout = %q, want %q", got, want)
+	}
+	if n := f.cas.readsOf(digest.FromBytes([]byte("same"))); n != 1 {
+		t.Errorf("blob for both variants read %d times, want 1", n)
+	}
+}
+
+func TestRunSecondRunDownloadsNothing(t *testing.T) {
+	f := newFixture(t, nil)
+	inputs := map[string]entry{
+		"small/a":  {content: "a"},
+		"small/b":  {content: "b", exec: true},
+		"big":      {content: strings.Repeat("x", 6<<20)}, // More than a batch: ByteStream.
+		"d/e/f/g":  {content: "deep"},
+		"d/e/link": {symlink: "f/g"},
+	}
+	cmd := shell("cat big small/a d/e/link | wc -c")
+	f.mustRun(cmd, inputs)
+	if f.cas.callCount("Read") == 0 || f.cas.callCount("BatchReadBlobs") == 0 {
+		t.Errorf("first run used Read %d and BatchReadBlobs %d times; want both", f.cas.callCount("Read"), f.cas.callCount("BatchReadBlobs"))
+	}
+	f.cas.resetCounts()
+	res := f.mustRun(cmd, inputs)
+	if n := f.cas.readCount(); n != 0 {
+		t.Errorf("second run read %d blobs, want 0", n)
+	}
+	if n := f.cas.callCount("Read") + f.cas.callCount("BatchReadBlobs"); n != 0 {
+		t.Errorf("second run made %d read calls", n)
+	}
+	if got := strings.TrimSpace(f.stdout(res)); got != strconv.Itoa(6<<20+1+4) {
+		t.Errorf("stdout = %q", got)
+	}
+}
+
+func TestFileCacheSurvivesRestart(t *testing.T) {
+	f := newFixture(t, nil)
+	inputs := map[string]entry{"a": {content: "aaa"}, "big": {content: strings.Repeat("y", 5<<20)}}
+	f.mustRun(shell("cat a"), inputs)
+	files, size := f.r.CacheStats()
+	f.open()
+	if gotFiles, gotSize := f.r.CacheStats(); gotFiles != files || gotSize != size || files != 2 {
+		t.Errorf("after restart: %d files, %d bytes; before %d, %d", gotFiles, gotSize, files, size)
+	}
+	f.cas.resetCounts()
+	res := f.mustRun(shell("cat a"), inputs)
+	if f.stdout(res) != "aaa" {
+		t.Errorf("stdout = %q", f.stdout(res))
+	}
+	if n := f.cas.readsOf(digest.FromBytes([]byte("aaa"))) + f.cas.callCount("Read"); n != 0 {
+		t.Errorf("files fetched again after restart: %d", n)
+	}
+}
+
+func TestFileCacheDropsCorruptEntriesAtStartup(t *testing.T) {
+	f := newFixture(t, nil)
+	d := digest.FromBytes([]byte("good"))
+	f.mustRun(shell("true"), map[string]entry{"a": {content: "good"}})
+	p := filepath.Join(f.cfg.CacheDir, "files", d.Hash[:2], d.Hash+"-4")
+	// Someone wrote to the entry while no worker ran (say, an action before a crash).
+	os.Chmod(p, 0o644)
+	os.WriteFile(p, []byte("evil"), 0o644)
+	os.Chmod(p, 0o444)
+	os.WriteFile(filepath.Join(f.cfg.CacheDir, "files", "tmp", "fetch-partial"), []byte("x"), 0o600)
+	f.open()
+	f.cas.resetCounts()
+	res := f.mustRun(shell("cat a"), map[string]entry{"a": {content: "good"}})
+	if f.stdout(res) != "good" || f.cas.readsOf(d) != 1 {
+		t.Errorf("stdout %q, reads %d", f.stdout(res), f.cas.readsOf(d))
+	}
+	if des, _ := os.ReadDir(filepath.Join(f.cfg.CacheDir, "files", "tmp")); len(des) != 0 {
+		t.Errorf("partial downloads left: %v", des)
+	}
+}
+
+func TestFileCacheLRUEviction(t *testing.T) {
+	f := newFixture(t, func(c *runner.Config) { c.MaxCacheSize = 250 << 10 })
+	blob := func(c byte) string { return strings.Repeat(string(c), 100<<10) }
+	path := func(c byte) string {
+		d := digest.FromBytes([]byte(blob(c)))
+		return filepath.Join(f.cfg.CacheDir, "files", d.Hash[:2], d.Hash+"-"+strconv.Itoa(100<<10))
+	}
+	f.mustRun(shell("true"), map[string]entry{"a": {content: blob('a')}})
+	f.mustRun(shell("true"), map[string]entry{"b": {content: blob('b')}})
+	f.mustRun(shell("true"), map[string]entry{"a": {content: blob('a')}}) // a is now more recent than b.
+	f.mustRun(shell("true"), map[string]entry{"c": {content: blob('c')}})
+	if _, err := os.Stat(path('b')); !os.IsNotExist(err) {
+		t.Errorf("least recently used entry b still cached: %v", err)
+	}
+	for _, c := range []byte{'a', 'c'} {
+		if _, err := os.Stat(path(c)); err != nil {
+			t.Errorf("entry %c evicted: %v", c, err)
+		}
+	}
+	if _, size := f.r.CacheStats(); size > 250<<10 {
+		t.Errorf("cache holds %d bytes, bound %d", size, 250<<10)
+	}
+	f.cas.resetCounts()
+	f.mustRun(shell("true"), map[string]entry{"b": {content: blob('b')}})
+	if n := f.cas.readsOf(digest.FromBytes([]byte(blob('b')))); n != 1 {
+		t.Errorf("evicted entry read %d times, want 1", n)
+	}
+	// One action whose inputs exceed the bound still gets them all.
+	res := f.mustRun(shell("cat x y z | wc -c"), map[string]entry{"x": {content: blob('x')}, "y": {content: blob('y')}, "z": {content: blob('z')}})
+	if got := strings.TrimSpace(f.stdout(res)); got != strconv.Itoa(300<<10) {
+		t.Errorf("stdout = %q", got)
+	}
+}
+
+// alive reports whether pid is a running (not zombie) process.
+func alive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// waitDead waits briefly for pid to die: SIGKILL is delivered asynchronously.
+func waitDead(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if !alive(pid) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("process %d is still running", pid)
+	syscall.Kill(pid, syscall.SIGKILL)
+}

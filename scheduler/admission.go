@@ -1,0 +1,283 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// maxMessageBlob bounds the size of an Action, Command or Directory blob the scheduler reads.
+const maxMessageBlob = 64 << 20
+
+// findMissingBatch is how many digests go into one FindMissing call.
+const findMissingBatch = 10000
+
+// checkedAction is an action whose Action, Command and whole input root are in the CAS.
+type checkedAction struct {
+	action  *repb.Action
+	command *repb.Command
+}
+
+// checkAction reads the Action and Command of d and walks its input root, refusing malformed
+// digests, names and paths with INVALID_ARGUMENT and missing blobs with FAILED_PRECONDITION and a
+// PreconditionFailure listing every one of them as MISSING.
+func (s *Scheduler) checkAction(ctx context.Context, d digest.Digest) (*checkedAction, error) {
+	var action repb.Action
+	if err := s.readMessage(ctx, d, &action, "Action"); err != nil {
+		if status.Code(err) == codes.NotFound {
+			return nil, missingError(d, []digest.Digest{d})
+		}
+		return nil, err
+	}
+	cmdDigest, err := digest.FromProto(action.CommandDigest)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "Invalid command digest in action %s: %s", d, status.Convert(err).Message())
+	}
+	rootDigest, err := digest.FromProto(action.InputRootDigest)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "Invalid input root digest in action %s: %s", d, status.Convert(err).Message())
+	}
+	if t := action.Timeout; t != nil && (t.Seconds < 0 || t.Nanos < 0) {
+		return nil, status.Errorf(codes.InvalidArgument, "Invalid action %s: negative timeout", d)
+	}
+
+	var (
+		command    repb.Command
+		mu         sync.Mutex
+		missing    []digest.Digest
+		addMissing = func(ds ...digest.Digest) {
+			mu.Lock()
+			missing = append(missing, ds...)
+			mu.Unlock()
+		}
+	)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := s.readMessage(gctx, cmdDigest, &command, "Command"); err != nil {
+			if status.Code(err) == codes.NotFound {
+				addMissing(cmdDigest)
+				return nil
+			}
+			return err
+		}
+		return checkCommand(cmdDigest, &command)
+	})
+	g.Go(func() error {
+		m, err := s.checkTree(gctx, rootDigest)
+		addMissing(m...)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 {
+		return nil, missingError(d, missing)
+	}
+	return &checkedAction{action: &action, command: &command}, nil
+}
+
+// checkTree walks the input root level by level and returns the digests of the directories and
+// files it lacks.
+func (s *Scheduler) checkTree(ctx context.Context, root digest.Digest) ([]digest.Digest, error) {
+	var missing []digest.Digest
+	seenDirs := map[digest.Digest]bool{root: true}
+	seenFiles := map[digest.Digest]bool{}
+	var files []digest.Digest
+	level := []digest.Digest{root}
+	for len(level) > 0 {
+		dirs := make([]*repb.Directory, len(level))
+		absent := make([]bool, len(level))
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(16)
+		for i, d := range level {
+			g.Go(func() error {
+				var dir repb.Directory
+				if err := s.readMessage(gctx, d, &dir, "Directory"); err != nil {
+					if status.Code(err) == codes.NotFound {
+						absent[i] = true
+						return nil
+					}
+					return err
+				}
+				dirs[i] = &dir
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		var next []digest.Digest
+		for i, dir := range dirs {
+			if absent[i] {
+				missing = append(missing, level[i])
+				continue
+			}
+			if err := checkDirectory(level[i], dir); err != nil {
+				return nil, err
+			}
+			for _, f := range dir.Files {
+				fd, _ := digest.FromProto(f.Digest) // checked by checkDirectory
+				if !seenFiles[fd] && !fd.IsEmpty() {
+					seenFiles[fd] = true
+					files = append(files, fd)
+				}
+			}
+			for _, sub := range dir.Directories {
+				sd, _ := digest.FromProto(sub.Digest)
+				if !seenDirs[sd] {
+					seenDirs[sd] = true
+					next = append(next, sd)
+				}
+			}
+		}
+		level = next
+	}
+	for len(files) > 0 {
+		n := min(len(files), findMissingBatch)
+		m, err := s.cas.FindMissing(ctx, files[:n])
+		if err != nil {
+			return nil, wrapStatus(err, "Failed to look up input files")
+		}
+		missing = append(missing, m...)
+		files = files[n:]
+	}
+	return missing, nil
+}
+
+// readMessage reads blob d from the CAS and unmarshals it into m.
+func (s *Scheduler) readMessage(ctx context.Context, d digest.Digest, m proto.Message, what string) error {
+	if d.Size > maxMessageBlob {
+		return status.Errorf(codes.InvalidArgument, "%s %s is larger than %d bytes", what, d, maxMessageBlob)
+	}
+	var b []byte
+	if !d.IsEmpty() {
+		r, err := s.cas.Get(ctx, d, 0, 0)
+		if err != nil {
+			return wrapStatus(err, fmt.Sprintf("Failed to read %s %s", what, d))
+		}
+		b, err = io.ReadAll(io.LimitReader(r, d.Size+1))
+		r.Close()
+		if err != nil {
+			return wrapStatus(err, fmt.Sprintf("Failed to read %s %s", what, d))
+		}
+		if int64(len(b)) != d.Size {
+			return status.Errorf(codes.Internal, "Failed to read %s %s: got %d bytes", what, d, len(b))
+		}
+	}
+	if err := proto.Unmarshal(b, m); err != nil {
+		return status.Errorf(codes.InvalidArgument, "Blob %s is not a valid %s: %v", d, what, err)
+	}
+	return nil
+}
+
+// checkDirectory validates the entries of one input root directory.
+func checkDirectory(d digest.Digest, dir *repb.Directory) error {
+	check := func(kind, name string) error {
+		if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+			return status.Errorf(codes.InvalidArgument, "Invalid %s name %q in input directory %s", kind, name, d)
+		}
+		return nil
+	}
+	for _, f := range dir.Files {
+		if err := check("file", f.Name); err != nil {
+			return err
+		}
+		if _, err := digest.FromProto(f.Digest); err != nil {
+			return status.Errorf(codes.InvalidArgument, "Invalid digest of file %q in input directory %s: %s", f.Name, d, status.Convert(err).Message())
+		}
+	}
+	for _, sub := range dir.Directories {
+		if err := check("directory", sub.Name); err != nil {
+			return err
+		}
+		if _, err := digest.FromProto(sub.Digest); err != nil {
+			return status.Errorf(codes.InvalidArgument, "Invalid digest of directory %q in input directory %s: %s", sub.Name, d, status.Convert(err).Message())
+		}
+	}
+	for _, l := range dir.Symlinks {
+		if err := check("symlink", l.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkCommand validates a Command's paths: output paths and the working directory must be
+// relative and stay inside the input root.
+func checkCommand(d digest.Digest, c *repb.Command) error {
+	if len(c.Arguments) == 0 {
+		return status.Errorf(codes.InvalidArgument, "Command %s has no arguments", d)
+	}
+	check := func(kind, p string) error {
+		if strings.HasPrefix(p, "/") {
+			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: absolute path", kind, p, d)
+		}
+		for _, part := range strings.Split(p, "/") {
+			if part == ".." {
+				return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: contains '..'", kind, p, d)
+			}
+		}
+		if strings.ContainsRune(p, 0) {
+			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: contains NUL", kind, p, d)
+		}
+		return nil
+	}
+	for _, p := range c.OutputFiles {
+		if err := check("output file", p); err != nil {
+			return err
+		}
+	}
+	for _, p := range c.OutputDirectories {
+		if err := check("output directory", p); err != nil {
+			return err
+		}
+	}
+	for _, p := range c.OutputPaths {
+		if err := check("output path", p); err != nil {
+			return err
+		}
+	}
+	if c.WorkingDirectory != "" {
+		if err := check("working directory", c.WorkingDirectory); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// missingError is the FAILED_PRECONDITION clients re-upload on.
+func missingError(action digest.Digest, missing []digest.Digest) error {
+	pf := &errdetails.PreconditionFailure{}
+	seen := map[digest.Digest]bool{}
+	for _, d := range missing {
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
+			Type: "MISSING", Subject: d.MissingSubject(),
+		})
+	}
+	st := status.Newf(codes.FailedPrecondition, "Action %s: %d blob(s) missing from the CAS", action, len(pf.Violations))
+	if withDetails, err := st.WithDetails(pf); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}
+
+// wrapStatus prefixes err's message, keeping its gRPC code.
+func wrapStatus(err error, prefix string) error {
+	st := status.Convert(err)
+	return status.Errorf(st.Code(), "%s: %s", prefix, st.Message())
+}

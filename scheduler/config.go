@@ -1,0 +1,85 @@
+package scheduler
+
+import "time"
+
+// Config holds the scheduler's tunables. The zero value of each field selects its default.
+type Config struct {
+	// SessionExpiry is how long a bot session lives after each reply unless the bot calls
+	// UpdateBotSession again; an expired session's leases are requeued. Default 20 s.
+	SessionExpiry time.Duration
+	// RetryLimit is how many times an action is requeued after its lease is lost (session
+	// expiry, a bot that stops reporting it) or fails with INTERNAL or UNAVAILABLE, before the
+	// action fails with UNAVAILABLE. Hand-backs of a draining bot do not count. Default 3; set
+	// NoRetries for none.
+	RetryLimit int
+	// NoRetries makes the first lost or failed lease fail the action.
+	NoRetries bool
+	// UnmatchedPlatformWait bounds how long an action whose platform no connected bot satisfies
+	// stays queued before it fails with FAILED_PRECONDITION. Default 5 min.
+	UnmatchedPlatformWait time.Duration
+	// LongPollFraction is the share of an UpdateBotSession call's remaining deadline the
+	// scheduler may hold the call for. Default 0.8.
+	LongPollFraction float64
+	// LongPollMinRemaining is the remaining deadline below which a call is never held.
+	// Default 3 s.
+	LongPollMinRemaining time.Duration
+	// LongPollMax caps how long a call is held, and is the hold of a call without deadline.
+	// Default 60 s.
+	LongPollMax time.Duration
+	// MaxQueuePerInstance bounds the number of queued actions per instance name; Execute
+	// beyond it fails with RESOURCE_EXHAUSTED. Default 100,000.
+	MaxQueuePerInstance int
+	// CompletedRetention is how long a finished operation stays answerable from memory (after
+	// that a WaitExecution on its name runs the action again). Default 15 min.
+	CompletedRetention time.Duration
+	// GoneWorkerRetention is how long a closed bot session stays in the worker view.
+	// Default 10 min.
+	GoneWorkerRetention time.Duration
+}
+
+// Defaults of Config.
+const (
+	DefaultSessionExpiry         = 20 * time.Second
+	DefaultRetryLimit            = 3
+	DefaultUnmatchedPlatformWait = 5 * time.Minute
+	DefaultLongPollFraction      = 0.8
+	DefaultLongPollMinRemaining  = 3 * time.Second
+	DefaultLongPollMax           = 60 * time.Second
+	DefaultMaxQueuePerInstance   = 100000
+	DefaultCompletedRetention    = 15 * time.Minute
+	DefaultGoneWorkerRetention   = 10 * time.Minute
+)
+
+// withDefaults returns c with every unset field set to its default.
+func (c Config) withDefaults() Config {
+	if c.SessionExpiry <= 0 {
+		c.SessionExpiry = DefaultSessionExpiry
+	}
+	if c.NoRetries {
+		c.RetryLimit = 0
+	} else if c.RetryLimit <= 0 {
+		c.RetryLimit = DefaultRetryLimit
+	}
+	if c.UnmatchedPlatformWait <= 0 {
+		c.UnmatchedPlatformWait = DefaultUnmatchedPlatformWait
+	}
+	if c.LongPollFraction <= 0 || c.LongPollFraction > 1 {
+		c.LongPollFraction = DefaultLongPollFraction
+	}
+	if c.LongPollMinRemaining <= 0 {
+		c.LongPollMinRemaining = DefaultLongPollMinRemaining
+	}
+	if c.LongPollMax <= 0 {
+		c.LongPollMax = DefaultLongPollMax
+	}
+	if c.MaxQueuePerInstance <= 0 {
+		c.MaxQueuePerInstance = DefaultMaxQueuePerInstance
+	}
+	if c.CompletedRetention <= 0 {
+		c.CompletedRetention = DefaultCompletedRetention
+	}
+	if c.GoneWorkerRetention <= 0 {
+		c.GoneWorkerRetention = DefaultGoneWorkerRetention
+	}
+	return c
+}

@@ -1,0 +1,264 @@
+package scheduler
+
+import (
+	"context"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// executionService is the REAPI Execution service of a Scheduler.
+type executionService struct {
+	repb.UnimplementedExecutionServer
+	s *Scheduler
+}
+
+// Execute runs an action, or joins the identical one in flight, and streams its operation.
+func (e *executionService) Execute(req *repb.ExecuteRequest, stream repb.Execution_ExecuteServer) error {
+	s := e.s
+	ctx := stream.Context()
+	if err := digest.CheckInstanceName(req.InstanceName); err != nil {
+		return err
+	}
+	if err := digest.CheckFunction(req.DigestFunction); err != nil {
+		return err
+	}
+	d, err := digest.FromProto(req.ActionDigest)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "Invalid action digest: %s", status.Convert(err).Message())
+	}
+	op, err := s.admit(ctx, admission{
+		instance:        req.InstanceName,
+		action:          d,
+		skipCacheLookup: req.SkipCacheLookup,
+		priority:        req.GetExecutionPolicy().GetPriority(),
+		invocation:      invocationOf(ctx),
+	})
+	if err != nil {
+		return err
+	}
+	return s.watch(ctx, op, op.name, stream.Send)
+}
+
+// WaitExecution streams an operation by name. A well-formed name the scheduler does not know
+// (it restarted, or forgot the finished operation) is rebuilt from the Action in the CAS and
+// run again.
+func (e *executionService) WaitExecution(req *repb.WaitExecutionRequest, stream repb.Execution_WaitExecutionServer) error {
+	op, err := e.s.lookup(stream.Context(), req.Name)
+	if err != nil {
+		return err
+	}
+	return e.s.watch(stream.Context(), op, req.Name, stream.Send)
+}
+
+// admission is what admit needs to know about an execution request.
+type admission struct {
+	instance        string
+	action          digest.Digest
+	skipCacheLookup bool
+	priority        int32
+	invocation      string
+	// name is set when rebuilding a known name; empty for a fresh Execute.
+	name string
+}
+
+// admit returns the operation that runs a: the in-flight one it joins, a finished one for an
+// action cache hit, or a new queued one once the action and its inputs are checked.
+func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, error) {
+	key := actionKey{a.instance, a.action}
+	if a.name == "" {
+		s.enter()
+		op := s.inFlight[key]
+		s.leave()
+		if op != nil {
+			s.log.Debug().Str("action_digest", a.action.String()).Str("operation", op.name).Msg("Joined the identical action in flight")
+			return op, nil
+		}
+	}
+	if !a.skipCacheLookup {
+		if op := s.cacheLookup(ctx, a); op != nil {
+			return op, nil
+		}
+	}
+	checked, err := s.checkAction(ctx, a.action)
+	if err != nil {
+		return nil, err
+	}
+	plat := checked.action.Platform
+	if len(plat.GetProperties()) == 0 {
+		plat = checked.command.Platform
+	}
+
+	s.enter()
+	defer s.leave()
+	if s.closed {
+		return nil, status.Error(codes.Unavailable, "Scheduler is shutting down")
+	}
+	if a.name != "" {
+		if op := s.ops[a.name]; op != nil {
+			return op, nil // rebuilt concurrently
+		}
+	}
+	doNotCache := checked.action.DoNotCache
+	if !doNotCache {
+		if op := s.inFlight[key]; op != nil {
+			if a.name != "" {
+				s.ops[a.name] = op
+				op.names = append(op.names, a.name)
+			}
+			return op, nil
+		}
+	}
+	if n := s.queue.instanceLength(a.instance); n >= s.cfg.MaxQueuePerInstance {
+		return nil, status.Errorf(codes.ResourceExhausted, "Queue of instance %q is full (%d actions)", a.instance, n)
+	}
+	name := a.name
+	if name == "" {
+		name = newOperationName(a.instance, a.action).String()
+	}
+	s.seq++
+	op := &operation{
+		name:       name,
+		instance:   a.instance,
+		action:     a.action,
+		actionMsg:  checked.action,
+		platform:   newPlatform(plat),
+		doNotCache: doNotCache,
+		priority:   a.priority,
+		invocation: a.invocation,
+		seq:        s.seq,
+		queuedAt:   s.clk.Now(),
+		changed:    make(chan struct{}),
+		names:      []string{name},
+	}
+	s.ops[name] = op
+	if !doNotCache {
+		s.inFlight[key] = op
+	}
+	s.log.Info().Str("action_digest", a.action.String()).Str("operation", name).Str("platform", op.platform.label()).
+		Str("invocation", a.invocation).Msg("Action queued")
+	s.enqueueLocked(op)
+	return op, nil
+}
+
+// cacheLookup returns a finished operation for an action cache hit whose outputs are all still
+// in the CAS, or nil.
+func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
+	result, err := s.ac.Get(ctx, a.instance, a.action)
+	if err != nil {
+		if status.Code(err) != codes.NotFound {
+			s.log.Warn().Err(err).Str("action_digest", a.action.String()).Msg("Action cache lookup failed; executing")
+		}
+		return nil
+	}
+	var outputs []digest.Digest
+	add := func(p *repb.Digest) {
+		if p == nil {
+			return
+		}
+		if d, err := digest.FromProto(p); err == nil {
+			outputs = append(outputs, d)
+		}
+	}
+	for _, f := range result.OutputFiles {
+		add(f.Digest)
+	}
+	for _, dir := range result.OutputDirectories {
+		add(dir.TreeDigest)
+	}
+	add(result.StdoutDigest)
+	add(result.StderrDigest)
+	if missing, err := s.cas.FindMissing(ctx, outputs); err != nil || len(missing) > 0 {
+		s.log.Info().Str("action_digest", a.action.String()).Int("missing_outputs", len(missing)).
+			Msg("Action cache hit with outputs missing from the CAS; executing")
+		return nil
+	}
+	s.enter()
+	defer s.leave()
+	name := newOperationName(a.instance, a.action).String()
+	op := &operation{
+		name:     name,
+		instance: a.instance,
+		action:   a.action,
+		queuedAt: s.clk.Now(),
+		changed:  make(chan struct{}),
+		names:    []string{name},
+	}
+	s.ops[name] = op
+	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, nil, "cached")
+	return op
+}
+
+// lookup returns the operation named name, rebuilding a well-formed unknown one from the Action
+// in the CAS. A malformed name is INVALID_ARGUMENT; an unknown name whose Action is not in the
+// CAS is NOT_FOUND. An unknown name whose inputs are missing or invalid gives a finished
+// operation carrying that error.
+func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error) {
+	s.enter()
+	op := s.ops[name]
+	s.leave()
+	if op != nil {
+		return op, nil
+	}
+	n, err := parseOperationName(name)
+	if err != nil {
+		return nil, err
+	}
+	missing, err := s.cas.FindMissing(ctx, []digest.Digest{n.action})
+	if err != nil {
+		return nil, wrapStatus(err, "Failed to look up action "+n.action.String())
+	}
+	if len(missing) > 0 {
+		return nil, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)
+	}
+	op, err = s.admit(ctx, admission{
+		instance:        n.instance,
+		action:          n.action,
+		skipCacheLookup: true,
+		invocation:      invocationOf(ctx),
+		name:            name,
+	})
+	if err != nil {
+		s.log.Warn().Err(err).Str("action_digest", n.action.String()).Str("operation", name).
+			Msg("Could not rebuild an unknown operation")
+		st := status.Convert(err)
+		return &operation{
+			name:     name,
+			instance: n.instance,
+			action:   n.action,
+			done:     true,
+			stage:    repb.ExecutionStage_COMPLETED,
+			response: &repb.ExecuteResponse{Status: st.Proto(), Message: st.Message()},
+			changed:  make(chan struct{}),
+		}, nil
+	}
+	s.log.Info().Str("action_digest", n.action.String()).Str("operation", name).Msg("Rebuilt an unknown operation from the CAS")
+	return op, nil
+}
+
+// watch sends the operation, rendered under name, on every change until it is done.
+func (s *Scheduler) watch(ctx context.Context, op *operation, name string, send func(*longrunningpb.Operation) error) error {
+	for {
+		s.mu.Lock()
+		p := op.proto(name)
+		ch, done := op.changed, op.done
+		s.mu.Unlock()
+		if err := send(p); err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.done:
+			return status.Error(codes.Unavailable, "Scheduler is shutting down")
+		}
+	}
+}

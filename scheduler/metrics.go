@@ -1,0 +1,85 @@
+package scheduler
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Requeue reasons, the "reason" label of buildfleet_scheduler_leases_requeued_total.
+const (
+	requeueExpired    = "expired"     // the bot session expired
+	requeueHandedBack = "handed-back" // a draining bot handed the lease back
+	requeueRetry      = "retry"       // the lease completed with INTERNAL or UNAVAILABLE
+	requeueLost       = "lost"        // the bot stopped reporting the lease, or was replaced
+)
+
+// metrics are the scheduler's Prometheus collectors.
+type metrics struct {
+	queueDepth      *prometheus.GaugeVec
+	workers         *prometheus.GaugeVec
+	leasesHanded    prometheus.Counter
+	leasesCompleted prometheus.Counter
+	leasesRequeued  *prometheus.CounterVec
+	actions         *prometheus.CounterVec
+	drainNotices    prometheus.Counter
+}
+
+// newMetrics creates the collectors and registers them with reg (nil: not registered). A
+// collector already registered by an earlier scheduler on the same registerer is reused.
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		queueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "queue_depth",
+			Help: "Queued actions per platform (canonical key=value list; \"default\" for none).",
+		}, []string{"platform"}),
+		workers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "workers",
+			Help: "Bot sessions by state (serving, draining, unavailable, gone).",
+		}, []string{"state"}),
+		leasesHanded: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_handed_out_total",
+			Help: "Leases handed out to bots.",
+		}),
+		leasesCompleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_completed_total",
+			Help: "Leases reported COMPLETED by bots.",
+		}),
+		leasesRequeued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_requeued_total",
+			Help: "Leases whose action was queued again, by reason (expired, handed-back, retry, lost).",
+		}, []string{"reason"}),
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "actions_completed_total",
+			Help: "Finished actions by outcome (executed, cached, failed, cancelled); its rate is actions per second.",
+		}, []string{"outcome"}),
+		drainNotices: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "drain_notices_total",
+			Help: "Bots that reported BOT_TERMINATING.",
+		}),
+	}
+	if reg == nil {
+		return m
+	}
+	m.queueDepth = register(reg, m.queueDepth)
+	m.workers = register(reg, m.workers)
+	m.leasesHanded = register(reg, m.leasesHanded)
+	m.leasesCompleted = register(reg, m.leasesCompleted)
+	m.leasesRequeued = register(reg, m.leasesRequeued)
+	m.actions = register(reg, m.actions)
+	m.drainNotices = register(reg, m.drainNotices)
+	return m
+}
+
+// register registers c, returning the collector already registered in its place if any.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+	}
+	return c
+}

@@ -1,0 +1,87 @@
+package scheduler
+
+import (
+	"time"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// operation is one execution of an action, possibly watched through several names (clients
+// that joined it, names rebuilt after a restart). All fields are guarded by Scheduler.mu.
+type operation struct {
+	name       string
+	instance   string
+	action     digest.Digest
+	actionMsg  *repb.Action
+	platform   platform
+	doNotCache bool
+	priority   int32
+	invocation string
+	// seq is the arrival order, kept across requeues.
+	seq      uint64
+	queuedAt time.Time
+
+	stage repb.ExecutionStage_Value
+	// qpos is set while the operation is queued.
+	qpos *queuePos
+	// lease is the current lease, nil while queued or finished.
+	lease *lease
+	// retries counts requeues that count against Config.RetryLimit.
+	retries int
+	// attempts counts leases handed out.
+	attempts int
+	// lastFailure describes the last lost or failed lease.
+	lastFailure string
+	// unmatchedSince is when the operation was found runnable by no connected bot (zero while
+	// some bot can run it); unmatchedGen invalidates earlier unmatchedPlatform deadlines.
+	unmatchedSince time.Time
+	unmatchedGen   uint64
+
+	// finishing is set once a result has been accepted and is being written to the action
+	// cache: no requeue, cancel or second result applies any more.
+	finishing bool
+	done      bool
+	response  *repb.ExecuteResponse
+	err       *spb.Status
+	// changed is closed and replaced on every change watchers should see.
+	changed chan struct{}
+	// names are all names mapped to this operation; leaseIDs all leases ever issued for it.
+	names    []string
+	leaseIDs []string
+}
+
+// queued reports whether the operation waits in the queue.
+func (op *operation) queued() bool { return op.qpos != nil }
+
+// notify wakes everything watching the operation.
+func (op *operation) notify() {
+	close(op.changed)
+	op.changed = make(chan struct{})
+}
+
+// proto renders the operation under name.
+func (op *operation) proto(name string) *longrunningpb.Operation {
+	stage := op.stage
+	if op.done {
+		stage = repb.ExecutionStage_COMPLETED
+	}
+	md, _ := anypb.New(&repb.ExecuteOperationMetadata{
+		Stage:          stage,
+		ActionDigest:   op.action.Proto(),
+		DigestFunction: repb.DigestFunction_SHA256,
+	})
+	p := &longrunningpb.Operation{Name: name, Metadata: md, Done: op.done}
+	switch {
+	case op.err != nil:
+		p.Result = &longrunningpb.Operation_Error{Error: op.err}
+	case op.response != nil:
+		resp, _ := anypb.New(op.response)
+		p.Result = &longrunningpb.Operation_Response{Response: resp}
+	}
+	return p
+}

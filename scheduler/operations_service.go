@@ -1,0 +1,103 @@
+package scheduler
+
+import (
+	"context"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// operationsService is the google.longrunning Operations service of a Scheduler.
+// ListOperations is UNIMPLEMENTED.
+type operationsService struct {
+	longrunningpb.UnimplementedOperationsServer
+	s *Scheduler
+}
+
+// GetOperation returns an operation, rebuilding a well-formed unknown name like WaitExecution.
+func (o *operationsService) GetOperation(ctx context.Context, req *longrunningpb.GetOperationRequest) (*longrunningpb.Operation, error) {
+	op, err := o.s.lookup(ctx, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	o.s.mu.Lock()
+	defer o.s.mu.Unlock()
+	return op.proto(req.Name), nil
+}
+
+// WaitOperation waits until the operation is done, the request's timeout passes or the call's
+// deadline comes, and returns it.
+func (o *operationsService) WaitOperation(ctx context.Context, req *longrunningpb.WaitOperationRequest) (*longrunningpb.Operation, error) {
+	s := o.s
+	op, err := s.lookup(ctx, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	var timeout <-chan struct{}
+	if t := req.Timeout; t != nil {
+		tm, ch := s.clk.NewTimer(t.AsDuration())
+		defer tm.Stop()
+		stop := make(chan struct{})
+		timeout = stop
+		go func() {
+			select {
+			case <-ch:
+				close(stop)
+			case <-ctx.Done():
+			}
+		}()
+	}
+	for {
+		s.mu.Lock()
+		p, ch := op.proto(req.Name), op.changed
+		s.mu.Unlock()
+		if p.Done {
+			return p, nil
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			return p, nil
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-s.done:
+			return p, nil
+		}
+	}
+}
+
+// CancelOperation cancels a queued or running operation: it leaves the queue, or its lease
+// vanishes from the bot's next reply, and it finishes with CANCELLED. Cancelling a finished or
+// unknown (well-formed) operation does nothing.
+func (o *operationsService) CancelOperation(ctx context.Context, req *longrunningpb.CancelOperationRequest) (*emptypb.Empty, error) {
+	s := o.s
+	s.enter()
+	defer s.leave()
+	op := s.ops[req.Name]
+	if op == nil {
+		if _, err := parseOperationName(req.Name); err != nil {
+			return nil, err
+		}
+		return &emptypb.Empty{}, nil
+	}
+	s.log.Info().Str("action_digest", op.action.String()).Str("operation", req.Name).Msg("Operation cancelled by the client")
+	s.cancelLocked(op)
+	return &emptypb.Empty{}, nil
+}
+
+// DeleteOperation forgets an operation name (an unknown well-formed name is a no-op). The
+// execution itself goes on for other names.
+func (o *operationsService) DeleteOperation(ctx context.Context, req *longrunningpb.DeleteOperationRequest) (*emptypb.Empty, error) {
+	s := o.s
+	s.enter()
+	defer s.leave()
+	if _, ok := s.ops[req.Name]; !ok {
+		if _, err := parseOperationName(req.Name); err != nil {
+			return nil, err
+		}
+		return &emptypb.Empty{}, nil
+	}
+	delete(s.ops, req.Name)
+	return &emptypb.Empty{}, nil
+}

@@ -1,0 +1,214 @@
+// Package scheduler is buildfleet's scheduler: it queues the actions clients send through the
+// REAPI Execution service, hands them as leases to bots long-polling the Remote Workers API
+// (Bots), matches them by platform, requeues the work of bots that vanish, merges identical
+// in-flight actions and serves the longrunning Operations of every execution.
+//
+// All state lives behind one mutex. Whenever the state is entered, deadlines that are due
+// (session expiry, unmatched-platform waits, retention) run first, from a min-heap; a single
+// timer of the injected clock, armed for the earliest deadline, enters the state when nobody
+// calls in.
+package scheduler
+
+import (
+	"sync"
+	"time"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/digest"
+	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"
+	"github.com/buildfleet/buildfleet/storage"
+)
+
+// Scheduler is the queue, the leases and the operations of one buildfleet scheduler process.
+// Create it with New, serve it with Register, stop it with Close.
+type Scheduler struct {
+	cfg Config
+	cas storage.BlobStore
+	ac  storage.ActionCache
+	clk clock.Clock
+	log zerolog.Logger
+	m   *metrics
+
+	mu sync.Mutex
+	// ops maps every operation name handed out (and rebuilt) to its operation.
+	ops map[string]*operation
+	// inFlight maps (instance, action) to the unfinished operation new Executes join.
+	inFlight map[actionKey]*operation
+	queue    *fairQueue
+	seq      uint64
+	// sessions are the live bot sessions by name; byBot the live session of each bot id;
+	// gone the recently closed sessions.
+	sessions map[string]*botSession
+	byBot    map[string]*botSession
+	gone     map[string]*botSession
+	// leases maps the id of every lease of a remembered operation to the lease, current or not,
+	// so that a late result can still be matched.
+	leases    map[string]*lease
+	deadlines deadlineHeap
+
+	timer     clock.Timer
+	timerAt   time.Time
+	timerStop chan struct{}
+	closed    bool
+	done      chan struct{}
+}
+
+// actionKey identifies an action within an instance name.
+type actionKey struct {
+	instance string
+	action   digest.Digest
+}
+
+// New returns a scheduler reading actions and inputs from cas, writing results to ac, taking
+// time from clk, logging to logger and registering its metrics with reg (nil: not registered).
+func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Clock, logger zerolog.Logger, reg prometheus.Registerer) *Scheduler {
+	return &Scheduler{
+		cfg:      cfg.withDefaults(),
+		cas:      cas,
+		ac:       ac,
+		clk:      clk,
+		log:      logger.With().Str("component", "scheduler").Logger(),
+		m:        newMetrics(reg),
+		ops:      map[string]*operation{},
+		inFlight: map[actionKey]*operation{},
+		queue:    newFairQueue(),
+		sessions: map[string]*botSession{},
+		byBot:    map[string]*botSession{},
+		gone:     map[string]*botSession{},
+		leases:   map[string]*lease{},
+		done:     make(chan struct{}),
+	}
+}
+
+// Register registers the Execution, longrunning Operations and Bots services on srv.
+func (s *Scheduler) Register(srv *grpc.Server) {
+	repb.RegisterExecutionServer(srv, &executionService{s: s})
+	longrunningpb.RegisterOperationsServer(srv, &operationsService{s: s})
+	rwpb.RegisterBotsServer(srv, &botsService{s: s})
+}
+
+// Close stops the scheduler's timer and ends held long-polls and operation streams. It does not
+// stop a grpc.Server the scheduler is registered on.
+func (s *Scheduler) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	close(s.done)
+	s.stopTimerLocked()
+}
+
+// enter locks the state and runs due deadlines. Pair it with leave.
+func (s *Scheduler) enter() {
+	s.mu.Lock()
+	s.enterLocked()
+}
+
+// leave arms the timer for the earliest deadline and unlocks the state.
+func (s *Scheduler) leave() {
+	s.armTimerLocked()
+	s.mu.Unlock()
+}
+
+// enterLocked runs every deadline that is due.
+func (s *Scheduler) enterLocked() {
+	now := s.clk.Now()
+	for {
+		d, ok := s.deadlines.popDue(now)
+		if !ok {
+			return
+		}
+		switch d.kind {
+		case sessionExpiry:
+			b := d.session
+			if b.gone || b.expireGen != d.gen || b.calls > 0 {
+				continue
+			}
+			s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
+				Msg("Bot session expired; requeueing its leases")
+			s.closeSessionLocked(b, requeueExpired)
+		case unmatchedPlatform:
+			s.unmatchedDueLocked(d.op, d.gen)
+		case operationRetention:
+			s.forgetOperationLocked(d.op)
+		case goneRetention:
+			if b := d.session; s.gone[b.name] == b {
+				delete(s.gone, b.name)
+				s.updateWorkerGaugesLocked()
+			}
+		}
+	}
+}
+
+// armTimerLocked makes sure one clock timer fires at the earliest deadline.
+func (s *Scheduler) armTimerLocked() {
+	at, ok := s.deadlines.earliest()
+	if s.closed || !ok {
+		s.stopTimerLocked()
+		return
+	}
+	if s.timer != nil && s.timerAt.Equal(at) {
+		return
+	}
+	s.stopTimerLocked()
+	t, ch := s.clk.NewTimer(at.Sub(s.clk.Now()))
+	stop := make(chan struct{})
+	s.timer, s.timerAt, s.timerStop = t, at, stop
+	go func() {
+		select {
+		case <-ch:
+		case <-stop:
+			return
+		}
+		s.mu.Lock()
+		if s.timerStop == stop {
+			s.timer, s.timerStop = nil, nil
+		}
+		s.enterLocked()
+		s.leave()
+	}()
+}
+
+// stopTimerLocked stops the armed timer, if any.
+func (s *Scheduler) stopTimerLocked() {
+	if s.timer == nil {
+		return
+	}
+	s.timer.Stop()
+	close(s.timerStop)
+	s.timer, s.timerStop = nil, nil
+}
+
+// forgetOperationLocked drops a finished operation and its names and leases from memory.
+func (s *Scheduler) forgetOperationLocked(op *operation) {
+	for _, n := range op.names {
+		if s.ops[n] == op {
+			delete(s.ops, n)
+		}
+	}
+	for _, id := range op.leaseIDs {
+		if l := s.leases[id]; l != nil && l.op == op {
+			delete(s.leases, id)
+		}
+	}
+}
+
+// updateWorkerGaugesLocked recomputes the workers-by-state gauge.
+func (s *Scheduler) updateWorkerGaugesLocked() {
+	counts := map[string]float64{WorkerServing: 0, WorkerDraining: 0, WorkerUnavailable: 0, WorkerGone: 0}
+	for _, b := range s.sessions {
+		counts[b.workerState()]++
+	}
+	counts[WorkerGone] = float64(len(s.gone))
+	for st, n := range counts {
+		s.m.workers.WithLabelValues(st).Set(n)
+	}
+}

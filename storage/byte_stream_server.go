@@ -1,0 +1,288 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/rs/zerolog"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// readChunkSize is the size of the data of each ByteStream ReadResponse.
+const readChunkSize = 64 << 10
+
+var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunkSize); return &b }}
+
+var zstdEncoders = sync.Pool{New: func() any {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		panic(err) // Only invalid options fail, and these are constant.
+	}
+	return enc
+}}
+
+// byteStreamServer implements the ByteStream service for CAS blobs: reads of
+// "{instance}/blobs/{hash}/{size}" and writes of "{instance}/uploads/{uuid}/blobs/{hash}/{size}",
+// and their "compressed-blobs/zstd" forms. Data streams between the client and the store's
+// files through fixed-size buffers; nothing holds a whole blob in memory.
+type byteStreamServer struct {
+	bspb.UnimplementedByteStreamServer
+	cas     BlobStore
+	uploads *uploadRegistry
+	logger  zerolog.Logger
+}
+
+func newByteStreamServer(cas BlobStore, opts ServiceOptions) *byteStreamServer {
+	return &byteStreamServer{
+		cas:     cas,
+		uploads: newUploadRegistry(cas, opts.Clock, opts.UploadIdleTimeout),
+		logger:  opts.Logger.With().Str("component", "bytestream").Logger(),
+	}
+}
+
+// Read implements bspb.ByteStreamServer.
+func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_ReadServer) error {
+	rn, err := digest.ParseReadResourceName(req.GetResourceName())
+	if err != nil {
+		return err
+	}
+	d := rn.Digest
+	if req.GetReadOffset() < 0 || req.GetReadOffset() > d.Size {
+		return status.Errorf(codes.OutOfRange, "Failed to read blob %s: read offset %d is outside the blob", d, req.GetReadOffset())
+	}
+	if req.GetReadLimit() < 0 {
+		return status.Errorf(codes.InvalidArgument, "Failed to read blob %s: negative read limit %d", d, req.GetReadLimit())
+	}
+	if rn.Compressor != digest.Identity && req.GetReadLimit() != 0 {
+		return status.Errorf(codes.InvalidArgument, "Failed to read blob %s: read_limit must be zero for compressed reads", d)
+	}
+	r, err := b.cas.Get(stream.Context(), d, req.GetReadOffset(), req.GetReadLimit())
+	if err != nil {
+		return wrapError(err, codes.Internal, "Failed to read blob %s", d)
+	}
+	defer r.Close()
+	sender := &chunkSender{stream: stream}
+	if rn.Compressor == digest.Zstd {
+		enc := zstdEncoders.Get().(*zstd.Encoder)
+		enc.Reset(sender)
+		_, err = io.Copy(enc, r)
+		if cerr := enc.Close(); err == nil {
+			err = cerr
+		}
+		enc.Reset(nil)
+		zstdEncoders.Put(enc)
+		if err == nil {
+			err = sender.flush()
+		}
+	} else {
+		err = sender.copyFrom(r)
+	}
+	if err != nil {
+		return wrapError(err, codes.Internal, "Failed to read blob %s", d)
+	}
+	return nil
+}
+
+// chunkSender sends data to a Read stream in chunks of at most readChunkSize bytes.
+type chunkSender struct {
+	stream bspb.ByteStream_ReadServer
+	buf    []byte
+}
+
+// copyFrom sends everything r holds, reading it straight into the chunk buffer.
+func (c *chunkSender) copyFrom(r io.Reader) error {
+	bufp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bufp)
+	buf := *bufp
+	for {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if serr := c.stream.Send(&bspb.ReadResponse{Data: buf[:n]}); serr != nil {
+				return serr
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
+}
+
+// Write buffers p, sending each full chunk.
+func (c *chunkSender) Write(p []byte) (int, error) {
+	written := len(p)
+	for len(p) > 0 {
+		if c.buf == nil {
+			c.buf = make([]byte, 0, readChunkSize)
+		}
+		n := min(len(p), readChunkSize-len(c.buf))
+		c.buf = append(c.buf, p[:n]...)
+		p = p[n:]
+		if len(c.buf) == readChunkSize {
+			if err := c.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return written, nil
+}
+
+// flush sends the buffered data.
+func (c *chunkSender) flush() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	err := c.stream.Send(&bspb.ReadResponse{Data: c.buf})
+	c.buf = c.buf[:0]
+	return err
+}
+
+// QueryWriteStatus implements bspb.ByteStreamServer. An upload in progress reports the bytes
+// received so far; a blob already stored reports complete with its full size (-1 for a
+// compressed resource name, whose compressed size is unknown); anything else reports nothing
+// committed, so the client starts from zero.
+func (b *byteStreamServer) QueryWriteStatus(ctx context.Context, req *bspb.QueryWriteStatusRequest) (*bspb.QueryWriteStatusResponse, error) {
+	rn, err := digest.ParseWriteResourceName(req.GetResourceName())
+	if err != nil {
+		return nil, err
+	}
+	if n, ok := b.uploads.committed(req.GetResourceName()); ok {
+		return &bspb.QueryWriteStatusResponse{CommittedSize: n}, nil
+	}
+	missing, err := b.cas.FindMissing(ctx, []digest.Digest{rn.Digest})
+	if err != nil {
+		return nil, wrapError(err, codes.Internal, "Failed to query write status of blob %s", rn.Digest)
+	}
+	if len(missing) == 0 {
+		return &bspb.QueryWriteStatusResponse{CommittedSize: completeSize(rn), Complete: true}, nil
+	}
+	return &bspb.QueryWriteStatusResponse{}, nil
+}
+
+// completeSize is the committed_size reported for a blob that is already stored.
+func completeSize(rn digest.ResourceName) int64 {
+	if rn.Compressor != digest.Identity {
+		return -1
+	}
+	return rn.Digest.Size
+}
+
+// Write implements bspb.ByteStreamServer.
+func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) error {
+	err := b.write(stream)
+	logRPCError(b.logger, err, "ByteStream.Write failed")
+	return err
+}
+
+func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
+	ctx := stream.Context()
+	req, err := stream.Recv()
+	if err != nil {
+		if err == io.EOF {
+			return status.Error(codes.InvalidArgument, "Write stream carried no request")
+		}
+		return err
+	}
+	name := req.GetResourceName()
+	rn, err := digest.ParseWriteResourceName(name)
+	if err != nil {
+		return err
+	}
+	d := rn.Digest
+	if missing, err := b.cas.FindMissing(ctx, []digest.Digest{d}); err != nil {
+		return wrapError(err, codes.Internal, "Failed to write blob %s", d)
+	} else if len(missing) == 0 {
+		// Already stored: no need for the rest of the data.
+		if u, err := b.uploads.acquire(ctx, name); err == nil && u != nil {
+			u.abort()
+			b.uploads.remove(u)
+		}
+		return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: completeSize(rn)})
+	}
+	u, err := b.uploads.acquire(ctx, name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case u != nil && req.GetWriteOffset() == u.committed.Load():
+		// Resume where the interrupted stream stopped.
+	case req.GetWriteOffset() == 0:
+		if u != nil {
+			u.abort()
+			b.uploads.remove(u)
+		}
+		u = b.uploads.start(name, rn)
+	default:
+		var committed int64
+		if u != nil {
+			committed = u.committed.Load()
+			b.uploads.park(u)
+		}
+		return status.Errorf(codes.InvalidArgument, "Failed to write blob %s: write_offset %d does not match the committed size %d", d, req.GetWriteOffset(), committed)
+	}
+	return b.feed(stream, u, req)
+}
+
+// feed writes the data of req and of the stream's following requests into u until
+// finish_write, and answers the stream.
+func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, req *bspb.WriteRequest) error {
+	d := u.resource.Digest
+	identity := u.resource.Compressor == digest.Identity
+	fail := func(err error) error {
+		u.abort()
+		b.uploads.remove(u)
+		return err
+	}
+	for {
+		if req.GetResourceName() != "" && req.GetResourceName() != u.name {
+			return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: resource name changed mid-stream to %q", d, req.GetResourceName()))
+		}
+		committed := u.committed.Load()
+		if req.GetWriteOffset() != committed {
+			return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: write_offset %d does not match the committed size %d", d, req.GetWriteOffset(), committed))
+		}
+		data := req.GetData()
+		if identity && committed+int64(len(data)) > d.Size {
+			return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: more data than the blob's %d bytes", d, d.Size))
+		}
+		if len(data) > 0 {
+			if _, err := u.pw.Write(data); err != nil {
+				// The store stopped reading: it has the blob already, or refused it.
+				b.uploads.remove(u)
+				if perr := <-u.done; perr != nil {
+					return wrapError(perr, codes.Internal, "Failed to write blob %s", d)
+				}
+				return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: completeSize(u.resource)})
+			}
+			committed = u.committed.Add(int64(len(data)))
+		}
+		if req.GetFinishWrite() {
+			if identity && committed != d.Size {
+				return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: finish_write after %d bytes, want %d", d, committed, d.Size))
+			}
+			err := u.finish()
+			b.uploads.remove(u)
+			if err != nil {
+				return wrapError(err, codes.Internal, "Failed to write blob %s", d)
+			}
+			return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: committed})
+		}
+		next, err := stream.Recv()
+		if err != nil {
+			b.uploads.park(u)
+			if errors.Is(err, io.EOF) {
+				return status.Errorf(codes.InvalidArgument, "Failed to write blob %s: stream ended after %d bytes without finish_write", d, committed)
+			}
+			return err
+		}
+		req = next
+	}
+}

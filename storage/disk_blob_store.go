@@ -1,0 +1,468 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// touchGranularity bounds how often a blob's file time is rewritten when the blob is used.
+// File times carry the least-recently-used order across restarts; finer precision than this is
+// not worth a system call on every hit.
+const touchGranularity = time.Minute
+
+// copyBufferSize is the size of the buffers used to stream blobs into the store.
+const copyBufferSize = 256 << 10
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
+
+// DiskBlobStore is a BlobStore that keeps each blob in its own file under
+// DIR/cas/{hash[:2]}/{hash}, bounded in total size by evicting the least recently used blobs.
+//
+// Writes go to a temporary file under DIR/tmp (same file system) while the content is hashed
+// and counted; the file is synced and renamed into place only when size and SHA-256 match, so
+// a reader never sees a partial or wrong blob. The index of sizes and use order lives in memory
+// and is rebuilt from the directory at start-up (order from file modification times), so the
+// store survives restarts. One process at a time may open a directory.
+type DiskBlobStore struct {
+	casDir  string
+	tmpDir  string
+	maxSize int64
+	clock   clock.Clock
+	logger  zerolog.Logger
+	metrics *blobStoreMetrics
+	lock    *os.File // Holds an exclusive flock on DIR/LOCK while open.
+
+	mu     sync.Mutex
+	index  *blobIndex
+	closed bool
+}
+
+// DiskBlobStoreOption configures a DiskBlobStore.
+type DiskBlobStoreOption func(*DiskBlobStore)
+
+// WithBlobStoreClock sets the clock used to stamp blob use times (clock.System by default).
+func WithBlobStoreClock(c clock.Clock) DiskBlobStoreOption {
+	return func(s *DiskBlobStore) { s.clock = c }
+}
+
+// NewDiskBlobStore opens (creating if needed) a disk blob store in dir holding at most maxSize
+// bytes of blobs. It removes temporary files left by a previous process, indexes the blobs
+// present, and evicts the least recently used ones if they exceed maxSize. Metrics are
+// registered with reg unless it is nil.
+func NewDiskBlobStore(dir string, maxSize int64, logger zerolog.Logger, reg prometheus.Registerer, opts ...DiskBlobStoreOption) (*DiskBlobStore, error) {
+	if maxSize <= 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "Invalid blob store size bound %d: must be positive", maxSize)
+	}
+	s := &DiskBlobStore{
+		casDir:  filepath.Join(dir, "cas"),
+		tmpDir:  filepath.Join(dir, "tmp"),
+		maxSize: maxSize,
+		clock:   clock.System,
+		logger:  logger.With().Str("component", "disk_blob_store").Str("dir", dir).Logger(),
+		metrics: newBlobStoreMetrics(reg),
+		index:   newBlobIndex(),
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	for _, d := range []string{dir, s.casDir, s.tmpDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, status.Errorf(codes.Internal, "Failed to create blob store directory: %v", err)
+		}
+	}
+	lock, err := lockDirectory(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.lock = lock
+	if err := s.open(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// lockDirectory takes an exclusive lock on dir/LOCK so that two processes never share a store.
+func lockDirectory(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "Failed to open lock file of storage directory %s: %v", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, status.Errorf(codes.FailedPrecondition, "Storage directory %s is in use by another process: %v", dir, err)
+	}
+	return f, nil
+}
+
+// open cleans temporary files and indexes existing blobs.
+func (s *DiskBlobStore) open() error {
+	stale, err := os.ReadDir(s.tmpDir)
+	if err != nil {
+		return status.Errorf(codes.Internal, "Failed to list temporary files: %v", err)
+	}
+	for _, e := range stale {
+		if err := os.RemoveAll(filepath.Join(s.tmpDir, e.Name())); err != nil {
+			return status.Errorf(codes.Internal, "Failed to remove stale temporary file: %v", err)
+		}
+	}
+	if len(stale) > 0 {
+		s.logger.Info().Int("count", len(stale)).Msg("Removed stale temporary files")
+	}
+	var found []*blobEntry
+	for i := 0; i < 256; i++ {
+		shard := filepath.Join(s.casDir, fmt.Sprintf("%02x", i))
+		entries, err := os.ReadDir(shard)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // Shard directories are created on first use.
+		} else if err != nil {
+			return status.Errorf(codes.Internal, "Failed to list shard directory: %v", err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if _, err := digest.New(name, 0); err != nil || name[:2] != filepath.Base(shard) || !e.Type().IsRegular() {
+				s.logger.Warn().Str("file", filepath.Join(shard, name)).Msg("Ignoring unexpected file in blob store")
+				continue
+			}
+			if name == digest.Empty.Hash {
+				continue
+			}
+			info, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			} else if err != nil {
+				return status.Errorf(codes.Internal, "Failed to stat blob %s: %v", name, err)
+			}
+			found = append(found, &blobEntry{hash: name, size: info.Size(), persisted: info.ModTime()})
+		}
+	}
+	// Newest first, each appended behind the previous: the oldest ends at the back.
+	sort.Slice(found, func(i, j int) bool { return found[i].persisted.After(found[j].persisted) })
+	for _, e := range found {
+		s.index.addOldest(e)
+	}
+	// The empty blob always exists; keep a real file for callers of Path.
+	if _, err := os.Stat(s.path(digest.Empty.Hash)); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(s.path(digest.Empty.Hash)), 0o755); err != nil {
+			return status.Errorf(codes.Internal, "Failed to create the empty blob: %v", err)
+		}
+		if err := os.WriteFile(s.path(digest.Empty.Hash), nil, 0o444); err != nil {
+			return status.Errorf(codes.Internal, "Failed to create the empty blob: %v", err)
+		}
+	}
+	s.mu.Lock()
+	s.makeRoom(0)
+	s.updateGauges()
+	s.mu.Unlock()
+	s.logger.Info().Int("blobs", s.index.len()).Int64("bytes", s.index.total).Int64("max_bytes", s.maxSize).Msg("Opened blob store")
+	return nil
+}
+
+// Close releases the directory lock. The store must not be used afterwards.
+func (s *DiskBlobStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.lock.Close() // Closing the descriptor releases the flock.
+}
+
+// Usage returns the number of blobs stored and their total size.
+func (s *DiskBlobStore) Usage() (blobs int, bytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.index.len(), s.index.total
+}
+
+// MaxSize returns the size bound of the store in bytes.
+func (s *DiskBlobStore) MaxSize() int64 { return s.maxSize }
+
+func (s *DiskBlobStore) path(hash string) string {
+	return filepath.Join(s.casDir, hash[:2], hash)
+}
+
+// Path returns the path of the file holding blob d and marks the blob as used, or NOT_FOUND.
+// The file is read-only by convention: callers (such as a worker's file cache that hardlinks
+// inputs) must never modify it. The blob may be evicted at any time after Path returns, so a
+// caller must handle the file vanishing (and can hold it by hardlinking or opening it).
+func (s *DiskBlobStore) Path(d digest.Digest) (string, error) {
+	if d.IsEmpty() {
+		return s.path(d.Hash), nil
+	}
+	s.mu.Lock()
+	e, ok := s.index.touch(d.Hash)
+	if !ok || e.size != d.Size {
+		s.mu.Unlock()
+		return "", status.Errorf(codes.NotFound, "Blob %s not found", d)
+	}
+	touch := s.staleLocked(e)
+	s.mu.Unlock()
+	s.persistUse(touch)
+	return s.path(d.Hash), nil
+}
+
+// staleLocked returns the entry's path and the time to persist when the entry's file time is
+// stale by touchGranularity, or nil.
+func (s *DiskBlobStore) staleLocked(e *blobEntry) *pendingTouch {
+	now := s.clock.Now()
+	if now.Sub(e.persisted) < touchGranularity {
+		return nil
+	}
+	e.persisted = now
+	return &pendingTouch{path: s.path(e.hash), at: now}
+}
+
+// pendingTouch is a file time update decided under the lock and applied outside it.
+type pendingTouch struct {
+	path string
+	at   time.Time
+}
+
+func (s *DiskBlobStore) persistUse(touches ...*pendingTouch) {
+	for _, t := range touches {
+		if t == nil {
+			continue
+		}
+		// The blob may have been evicted meanwhile; nothing to persist then.
+		if err := os.Chtimes(t.path, t.at, t.at); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.logger.Warn().Err(err).Str("file", t.path).Msg("Failed to record blob use time")
+		}
+	}
+}
+
+// Get implements BlobStore. It returns the open file itself when the whole blob is read, so
+// callers stream from disk.
+func (s *DiskBlobStore) Get(ctx context.Context, d digest.Digest, offset, limit int64) (io.ReadCloser, error) {
+	if offset < 0 {
+		return nil, status.Errorf(codes.OutOfRange, "Failed to read blob %s: negative read offset %d", d, offset)
+	}
+	if limit < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "Failed to read blob %s: negative read limit %d", d, limit)
+	}
+	if offset > d.Size {
+		return nil, status.Errorf(codes.OutOfRange, "Failed to read blob %s: read offset %d is beyond the end of the blob", d, offset)
+	}
+	if d.IsEmpty() {
+		s.metrics.hits.WithLabelValues("get").Inc()
+		return io.NopCloser(bytes.NewReader(nil)), nil
+	}
+	s.mu.Lock()
+	e, ok := s.index.touch(d.Hash)
+	if !ok || e.size != d.Size {
+		s.mu.Unlock()
+		s.metrics.misses.WithLabelValues("get").Inc()
+		return nil, status.Errorf(codes.NotFound, "Blob %s not found", d)
+	}
+	// Open under the lock so that eviction cannot remove the file in between; once open, the
+	// file stays readable even if it is evicted.
+	f, err := os.Open(s.path(d.Hash))
+	touch := s.staleLocked(e)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "Failed to open blob %s: %v", d, err)
+	}
+	s.metrics.hits.WithLabelValues("get").Inc()
+	s.persistUse(touch)
+	remaining := d.Size - offset
+	if offset == 0 && (limit == 0 || limit >= remaining) {
+		return f, nil
+	}
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, status.Errorf(codes.Internal, "Failed to seek in blob %s: %v", d, err)
+	}
+	if limit == 0 || limit > remaining {
+		limit = remaining
+	}
+	return &sectionReadCloser{Reader: io.LimitReader(f, limit), Closer: f}, nil
+}
+
+// sectionReadCloser reads a section of an open file and closes the file.
+type sectionReadCloser struct {
+	io.Reader
+	io.Closer
+}
+
+// FindMissing implements BlobStore.
+func (s *DiskBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	var missing []digest.Digest
+	var touches []*pendingTouch
+	s.mu.Lock()
+	for _, d := range ds {
+		if d.IsEmpty() {
+			continue
+		}
+		e, ok := s.index.touch(d.Hash)
+		if !ok || e.size != d.Size {
+			missing = append(missing, d)
+			continue
+		}
+		if t := s.staleLocked(e); t != nil {
+			touches = append(touches, t)
+		}
+	}
+	s.mu.Unlock()
+	s.metrics.hits.WithLabelValues("find_missing").Add(float64(len(ds) - len(missing)))
+	s.metrics.misses.WithLabelValues("find_missing").Add(float64(len(missing)))
+	s.persistUse(touches...)
+	return missing, nil
+}
+
+// Put implements BlobStore. A blob already present is refreshed without reading r.
+func (s *DiskBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader) error {
+	if d.Size > s.maxSize {
+		return status.Errorf(codes.ResourceExhausted, "Failed to store blob %s: its %d bytes exceed the storage size bound of %d bytes", d, d.Size, s.maxSize)
+	}
+	if d.IsEmpty() {
+		var one [1]byte
+		if n, _ := io.ReadFull(r, one[:]); n > 0 {
+			return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than the digest's size", d)
+		}
+		return nil
+	}
+	if s.refresh(d) {
+		return nil
+	}
+	tmp, err := os.CreateTemp(s.tmpDir, d.Hash[:16]+"-*")
+	if err != nil {
+		return status.Errorf(codes.Internal, "Failed to store blob %s: %v", d, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	h := sha256.New()
+	bufp := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(io.MultiWriter(tmp, h), &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
+	copyBuffers.Put(bufp)
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return status.FromContextError(ctxErr).Err()
+		}
+		return wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
+	}
+	if n > d.Size {
+		s.metrics.rejected.Inc()
+		return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
+	}
+	if actual := hex.EncodeToString(h.Sum(nil)); n != d.Size || actual != d.Hash {
+		s.metrics.rejected.Inc()
+		return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content has digest %s/%d", d, actual, n)
+	}
+	if err := tmp.Sync(); err != nil {
+		return status.Errorf(codes.Internal, "Failed to sync blob %s: %v", d, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return status.Errorf(codes.Internal, "Failed to close blob %s: %v", d, err)
+	}
+	now := s.clock.Now()
+	if err := os.Chtimes(tmp.Name(), now, now); err != nil {
+		return status.Errorf(codes.Internal, "Failed to stamp blob %s: %v", d, err)
+	}
+	return s.commit(d, tmp.Name(), now, &committed)
+}
+
+// refresh marks d as used and reports whether it is present.
+func (s *DiskBlobStore) refresh(d digest.Digest) bool {
+	s.mu.Lock()
+	e, ok := s.index.touch(d.Hash)
+	if !ok || e.size != d.Size {
+		s.mu.Unlock()
+		return false
+	}
+	touch := s.staleLocked(e)
+	s.mu.Unlock()
+	s.persistUse(touch)
+	return true
+}
+
+// commit renames the verified temporary file into place, evicting as needed.
+func (s *DiskBlobStore) commit(d digest.Digest, tmp string, now time.Time, committed *bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return status.Errorf(codes.Unavailable, "Failed to store blob %s: the blob store is closed", d)
+	}
+	if e, ok := s.index.touch(d.Hash); ok && e.size == d.Size {
+		return nil // A concurrent writer committed the same blob; ours is removed by the caller.
+	}
+	s.makeRoom(d.Size)
+	final := s.path(d.Hash)
+	err := os.Rename(tmp, final)
+	if errors.Is(err, fs.ErrNotExist) {
+		// First blob of its shard.
+		if err = os.MkdirAll(filepath.Dir(final), 0o755); err == nil {
+			err = os.Rename(tmp, final)
+		}
+	}
+	if err != nil {
+		return status.Errorf(codes.Internal, "Failed to store blob %s: %v", d, err)
+	}
+	*committed = true
+	s.index.add(&blobEntry{hash: d.Hash, size: d.Size, persisted: now})
+	s.metrics.writtenBytes.Add(float64(d.Size))
+	s.updateGauges()
+	return nil
+}
+
+// makeRoom evicts least recently used blobs until size more bytes fit. Files are removed under
+// the lock so that a concurrent commit of the same hash cannot be undone by a late removal.
+func (s *DiskBlobStore) makeRoom(size int64) {
+	for s.index.total+size > s.maxSize {
+		e, ok := s.index.oldest()
+		if !ok {
+			return
+		}
+		s.index.remove(e.hash)
+		if err := os.Remove(s.path(e.hash)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.logger.Warn().Err(err).Str("hash", e.hash).Msg("Failed to remove evicted blob")
+		}
+		s.metrics.evictions.Inc()
+		s.metrics.evictedBytes.Add(float64(e.size))
+		s.logger.Debug().Str("digest", digest.Digest{Hash: e.hash, Size: e.size}.String()).Msg("Evicted blob")
+	}
+	s.updateGauges()
+}
+
+func (s *DiskBlobStore) updateGauges() {
+	s.metrics.bytes.Set(float64(s.index.total))
+	s.metrics.blobs.Set(float64(s.index.len()))
+}
+
+// contextReader stops reading once its context is done.
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

@@ -1,0 +1,69 @@
+package storage
+
+import (
+	"context"
+	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/rs/zerolog"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
+	"google.golang.org/grpc"
+
+	"github.com/buildfleet/buildfleet/internal/clock"
+)
+
+// DefaultMaxBatchTotalSizeBytes is the default bound on the data of one BatchUpdateBlobs or
+// BatchReadBlobs call, the limit Pants and Bazel read from the capabilities.
+const DefaultMaxBatchTotalSizeBytes = 4 << 20
+
+// RecommendedMaxMessageSizeBytes is the gRPC message size limit (grpc.MaxRecvMsgSize and
+// grpc.MaxSendMsgSize) a server hosting these services should allow: a batch of
+// max_batch_total_size_bytes of data plus the request's framing exceeds gRPC's 4 MiB default.
+const RecommendedMaxMessageSizeBytes = 16 << 20
+
+// ServiceOptions configures the REAPI services registered by RegisterServices.
+type ServiceOptions struct {
+	// ExecutionEnabled is advertised as execution_capabilities.exec_enabled.
+	ExecutionEnabled bool
+	// MaxBatchTotalSizeBytes bounds the data of one batch call (DefaultMaxBatchTotalSizeBytes
+	// when zero).
+	MaxBatchTotalSizeBytes int64
+	// ActionCacheWritable decides whether a client may call UpdateActionResult on an
+	// instance; nil allows every client. A refusal is PERMISSION_DENIED.
+	ActionCacheWritable func(ctx context.Context, instance string) bool
+	// Logger receives the services' logs.
+	Logger zerolog.Logger
+	// Clock times out abandoned resumable uploads (clock.System when nil).
+	Clock clock.Clock
+	// UploadIdleTimeout is how long an interrupted ByteStream upload is kept for resumption
+	// (10 minutes when zero).
+	UploadIdleTimeout time.Duration
+}
+
+func (o ServiceOptions) withDefaults() ServiceOptions {
+	if o.MaxBatchTotalSizeBytes <= 0 {
+		o.MaxBatchTotalSizeBytes = DefaultMaxBatchTotalSizeBytes
+	}
+	if o.Clock == nil {
+		o.Clock = clock.System
+	}
+	if o.UploadIdleTimeout <= 0 {
+		o.UploadIdleTimeout = 10 * time.Minute
+	}
+	return o
+}
+
+// RegisterServices registers the Capabilities, ContentAddressableStorage, ByteStream and
+// ActionCache services on s, backed by cas and ac. Unless ac already is one, it is wrapped in a
+// completeness-checking action cache over cas, so that results whose outputs were evicted are
+// misses and results naming missing outputs cannot be stored.
+func RegisterServices(s *grpc.Server, cas BlobStore, ac ActionCache, opts ServiceOptions) {
+	opts = opts.withDefaults()
+	if _, ok := ac.(*completenessCheckingActionCache); !ok {
+		ac = NewCompletenessCheckingActionCache(ac, cas)
+	}
+	repb.RegisterCapabilitiesServer(s, &capabilitiesServer{opts: opts})
+	repb.RegisterContentAddressableStorageServer(s, newCASServer(cas, opts))
+	bspb.RegisterByteStreamServer(s, newByteStreamServer(cas, opts))
+	repb.RegisterActionCacheServer(s, &actionCacheServer{cas: cas, ac: ac, opts: opts})
+}

@@ -1,0 +1,214 @@
+package worker
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"
+)
+
+// minCallTimeout is the shortest deadline given to a call, however short the session's life.
+const minCallTimeout = time.Second
+
+// drainMaxBackoff caps the delay between attempts to reach the scheduler while draining,
+// where every second counts.
+const drainMaxBackoff = time.Second
+
+// call is one CreateBotSession or UpdateBotSession in flight, with what it reported.
+type call struct {
+	create      bool
+	version     uint64
+	cancel      context.CancelFunc
+	cancelled   bool
+	terminating bool
+	// sent holds the leases reported, by id; completed marks those reported COMPLETED.
+	sent      map[string]*lease
+	completed map[string]bool
+	issued    time.Time
+}
+
+// callResult is a finished call.
+type callResult struct {
+	c       *call
+	session *rwpb.BotSession
+	err     error
+}
+
+// session returns the bot session as the worker reports it now.
+func (l *loop) session() *rwpb.BotSession {
+	s := &rwpb.BotSession{
+		Name:   l.name,
+		BotId:  l.cfg.WorkerID,
+		Status: rwpb.BotStatus_OK,
+		Worker: l.w.worker,
+	}
+	if l.phase != serving {
+		s.Status = rwpb.BotStatus_BOT_TERMINATING
+	}
+	for _, lz := range l.sortedLeases() {
+		s.Leases = append(s.Leases, lz.proto())
+	}
+	return s
+}
+
+func (l *loop) sortedLeases() []*lease {
+	out := make([]*lease, 0, len(l.leases))
+	for _, lz := range l.leases {
+		out = append(out, lz)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// issue sends the session to the scheduler: CreateBotSession when there is no session yet
+// (or the scheduler forgot it), UpdateBotSession otherwise. The call's deadline bounds the
+// long-poll and keeps the session renewed well before it expires.
+func (l *loop) issue() {
+	bs := l.session()
+	c := &call{
+		create:      l.needCreate,
+		version:     l.version,
+		terminating: bs.Status == rwpb.BotStatus_BOT_TERMINATING,
+		sent:        map[string]*lease{},
+		completed:   map[string]bool{},
+		issued:      l.clk.Now(),
+	}
+	for _, lz := range l.leases {
+		c.sent[lz.id] = lz
+		if lz.state == rwpb.LeaseState_COMPLETED {
+			c.completed[lz.id] = true
+		}
+	}
+	timeout := l.cfg.UpdateTimeout
+	if l.ttl > 0 {
+		timeout = max(min(timeout, l.ttl*3/4), minCallTimeout)
+	}
+	ctx, cancel := context.WithTimeout(l.callBase, timeout)
+	c.cancel = cancel
+	l.call = c
+	if l.refreshTimer != nil {
+		l.refreshTimer.Stop()
+	}
+	l.refreshTimer, l.refreshC = l.clk.NewTimer(timeout)
+	bots, parent, name := l.w.bots, l.cfg.InstanceName, l.name
+	go func() {
+		defer cancel()
+		var (
+			r   *rwpb.BotSession
+			err error
+		)
+		if c.create {
+			r, err = bots.CreateBotSession(ctx, &rwpb.CreateBotSessionRequest{Parent: parent, BotSession: bs})
+		} else {
+			r, err = bots.UpdateBotSession(ctx, &rwpb.UpdateBotSessionRequest{Name: name, BotSession: bs})
+		}
+		l.calls <- callResult{c: c, session: r, err: err}
+	}()
+}
+
+// cancelCall cancels the call in flight; it is sent again, with the current session, once it
+// has returned.
+func (l *loop) cancelCall() {
+	l.call.cancelled = true
+	l.call.cancel()
+}
+
+// callDone handles a finished call.
+func (l *loop) callDone(r callResult) {
+	l.call = nil
+	if r.err == nil {
+		l.accept(r.c, r.session)
+		return
+	}
+	code := status.Code(r.err)
+	switch {
+	case r.c.cancelled && code == codes.Canceled:
+		return
+	case code == codes.DeadlineExceeded:
+		l.log.Debug().Dur("after", l.clk.Now().Sub(r.c.issued)).Msg("UpdateBotSession reached its deadline; polling again")
+		return
+	case (code == codes.NotFound || code == codes.FailedPrecondition) && !r.c.create:
+		// NOT_FOUND: the scheduler restarted or expired the session (BuildGrid);
+		// FAILED_PRECONDITION: it closed or replaced the session (buildfleet).
+		l.notFound++
+		l.needCreate = true
+		l.log.Warn().Err(r.err).Str("session", l.name).Int("leases", len(l.leases)).
+			Msg("Scheduler no longer knows the session; creating a new one and reporting the leases again")
+		if l.notFound == 1 {
+			return
+		}
+	}
+	d := l.backoff.delay()
+	if l.phase == draining {
+		d = min(d, drainMaxBackoff)
+	}
+	l.log.Warn().Err(r.err).Dur("retry_in", d).Int("leases", len(l.leases)).Msg("Cannot reach the scheduler; results are held until it answers")
+	l.retryTimer, l.retryC = l.clk.NewTimer(d)
+}
+
+// accept applies a successful reply: completed leases it carried are acknowledged, leases the
+// scheduler no longer lists are withdrawn (their actions stopped), and new leases are started.
+// A CreateBotSession reply acknowledges nothing: the UpdateBotSession that follows reports
+// every lease again and its reply is authoritative.
+func (l *loop) accept(c *call, s *rwpb.BotSession) {
+	now := l.clk.Now()
+	l.backoff.reset()
+	if c.create {
+		l.needCreate = false
+		l.name = s.GetName()
+		l.log.Info().Str("session", l.name).Str("status", s.GetStatus().String()).Msg("Bot session created")
+	} else {
+		l.notFound = 0
+		if s.GetName() != "" {
+			l.name = s.GetName()
+		}
+	}
+	if s.GetExpireTime().IsValid() {
+		if ttl := s.GetExpireTime().AsTime().Sub(now); ttl > 0 {
+			l.ttl = ttl
+		}
+	}
+	if c.terminating {
+		if !l.terminatingAcked {
+			l.log.Info().Msg("Scheduler acknowledged BOT_TERMINATING")
+		}
+		l.terminatingAcked = true
+	}
+	listed := map[string]bool{}
+	for _, rl := range s.GetLeases() {
+		listed[rl.GetId()] = true
+	}
+	if !c.create {
+		for id, sent := range c.sent {
+			lz := l.leases[id]
+			if lz != sent {
+				continue
+			}
+			if c.completed[id] {
+				delete(l.leases, id)
+				lz.log.Info().Bool("handed_back", lz.handedBack).Str("code", codes.Code(lz.status.GetCode()).String()).
+					Msg("Scheduler acknowledged the lease's completion")
+				continue
+			}
+			if !listed[id] {
+				delete(l.leases, id)
+				if lz.cancel != nil {
+					lz.cancel()
+				}
+				lz.log.Info().Msg("Scheduler withdrew the lease; action stopped")
+			}
+		}
+	}
+	for _, rl := range s.GetLeases() {
+		if _, known := l.leases[rl.GetId()]; known {
+			continue
+		}
+		if st := rl.GetState(); st == rwpb.LeaseState_PENDING || st == rwpb.LeaseState_ACTIVE {
+			l.start(rl)
+		}
+	}
+}

@@ -1,0 +1,349 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/buildfleet/buildfleet/cloud"
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/runner"
+	"github.com/buildfleet/buildfleet/scheduler"
+	"github.com/buildfleet/buildfleet/storage"
+	"github.com/buildfleet/buildfleet/worker"
+)
+
+var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// env is a real scheduler with real disk storage, served over bufconn. The server can be taken
+// down and brought back (same scheduler) or replaced by a fresh scheduler (a restart).
+type env struct {
+	t     *testing.T
+	ctx   context.Context
+	clk   *clock.Fake
+	log   zerolog.Logger
+	cas   storage.BlobStore
+	ac    storage.ActionCache
+	sched *scheduler.Scheduler
+	cfg   scheduler.Config
+
+	mu  sync.Mutex
+	lis *bufconn.Listener
+	srv *grpc.Server
+
+	client *grpc.ClientConn
+	exec   repb.ExecutionClient
+	ops    longrunningpb.OperationsClient
+}
+
+func newEnv(t *testing.T, cfg scheduler.Config) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	e := &env{t: t, ctx: ctx, clk: clock.NewFake(epoch), cfg: cfg,
+		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
+	if testing.Verbose() {
+		e.log = e.log.Level(zerolog.DebugLevel)
+	}
+	dir := t.TempDir()
+	cas, err := storage.NewDiskBlobStore(filepath.Join(dir, "cas"), 1<<30, e.log, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := storage.NewDiskActionCache(filepath.Join(dir, "ac"), e.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.cas, e.ac = cas, storage.NewCompletenessCheckingActionCache(ac, cas)
+	e.sched = scheduler.New(cfg, e.cas, e.ac, e.clk, e.log, nil)
+	e.up()
+	e.client = e.dial()
+	e.exec = repb.NewExecutionClient(e.client)
+	e.ops = longrunningpb.NewOperationsClient(e.client)
+	t.Cleanup(func() {
+		e.down()
+		e.sched.Close()
+	})
+	return e
+}
+
+// up serves the current scheduler and storage on a new listener.
+func (e *env) up() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.srv != nil {
+		return
+	}
+	e.lis = bufconn.Listen(1 << 20)
+	e.srv = grpc.NewServer(grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))
+	storage.RegisterServices(e.srv, e.cas, e.ac, storage.ServiceOptions{ExecutionEnabled: true, Logger: e.log})
+	e.sched.Register(e.srv)
+	go e.srv.Serve(e.lis)
+}
+
+// down stops serving: calls in progress fail and new connections are refused.
+func (e *env) down() {
+	e.mu.Lock()
+	srv := e.srv
+	e.srv, e.lis = nil, nil
+	e.mu.Unlock()
+	if srv != nil {
+		srv.Stop()
+	}
+}
+
+// restart replaces the scheduler by a fresh one on the same storage, as a restarted process.
+func (e *env) restart() {
+	e.down()
+	e.sched.Close()
+	e.sched = scheduler.New(e.cfg, e.cas, e.ac, e.clk, e.log, nil)
+	e.up()
+}
+
+// dial returns a connection that reaches whichever server is up, reconnecting quickly.
+func (e *env) dial() *grpc.ClientConn {
+	conn, err := grpc.NewClient("passthrough:///buildfleet",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			e.mu.Lock()
+			lis := e.lis
+			e.mu.Unlock()
+			if lis == nil {
+				return nil, errors.New("connection refused (scheduler down)")
+			}
+			return lis.DialContext(ctx)
+		}),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond}, MinConnectTimeout: time.Second}),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// put stores a message in CAS and returns its digest.
+func (e *env) put(m proto.Message) digest.Digest {
+	e.t.Helper()
+	b, d, err := digest.FromMessage(m)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.cas.Put(context.Background(), d, bytes.NewReader(b)); err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}
+
+// blob reads a blob from CAS.
+func (e *env) blob(d *repb.Digest) []byte {
+	e.t.Helper()
+	pd, err := digest.FromProto(d)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r, err := e.cas.Get(context.Background(), pd, 0, 0)
+	if err != nil {
+		e.t.Fatalf("reading %s: %v", pd, err)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+// action stores an action running the shell script script (with salt to tell identical
+// scripts apart) and returns its digest.
+func (e *env) action(script, salt string, timeout time.Duration, outputs ...string) digest.Digest {
+	e.t.Helper()
+	cmd := &repb.Command{Arguments: []string{"/bin/sh", "-c", script}, OutputPaths: outputs}
+	a := &repb.Action{
+		CommandDigest:   e.put(cmd).Proto(),
+		InputRootDigest: e.put(&repb.Directory{}).Proto(),
+		Salt:            []byte(salt),
+		DoNotCache:      true,
+	}
+	if timeout > 0 {
+		a.Timeout = durationpb.New(timeout)
+	}
+	return e.put(a)
+}
+
+// op is a client's view of one Execute: its name once known, and its outcome.
+type op struct {
+	name chan string
+	done chan opResult
+}
+
+type opResult struct {
+	resp *repb.ExecuteResponse
+	err  error
+}
+
+// execute runs action d as a client would: Execute, and WaitExecution whenever the stream
+// breaks (a scheduler that went away and came back).
+func (e *env) execute(d digest.Digest) *op {
+	o := &op{name: make(chan string, 1), done: make(chan opResult, 1)}
+	go func() {
+		var (
+			stream grpc.ServerStreamingClient[longrunningpb.Operation]
+			name   string
+			err    error
+		)
+		for e.ctx.Err() == nil {
+			if name == "" {
+				stream, err = e.exec.Execute(e.ctx, &repb.ExecuteRequest{ActionDigest: d.Proto(), SkipCacheLookup: true})
+			} else {
+				stream, err = e.exec.WaitExecution(e.ctx, &repb.WaitExecutionRequest{Name: name})
+			}
+			for err == nil {
+				var lop *longrunningpb.Operation
+				lop, err = stream.Recv()
+				if err != nil {
+					break
+				}
+				if name == "" {
+					name = lop.GetName()
+					o.name <- name
+				}
+				if lop.GetDone() {
+					if lop.GetError() != nil {
+						o.done <- opResult{err: status.ErrorProto(lop.GetError())}
+						return
+					}
+					resp := &repb.ExecuteResponse{}
+					if err := lop.GetResponse().UnmarshalTo(resp); err != nil {
+						o.done <- opResult{err: err}
+						return
+					}
+					o.done <- opResult{resp: resp}
+					return
+				}
+			}
+			if code := status.Code(err); code != codes.Unavailable && err != io.EOF && code != codes.Canceled {
+				o.done <- opResult{err: err}
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // a client's retry delay, not a wait for expiry
+		}
+		o.done <- opResult{err: e.ctx.Err()}
+	}()
+	return o
+}
+
+// wait returns the operation's response, failing the test on an error.
+func (o *op) wait(t *testing.T) *repb.ExecuteResponse {
+	t.Helper()
+	r := <-o.done
+	if r.err != nil {
+		t.Fatalf("operation failed: %v", r.err)
+	}
+	return r.resp
+}
+
+// workerState returns the scheduler's view of bot id, or a zero WorkerInfo.
+func (e *env) workerState(id string) scheduler.WorkerInfo {
+	var found scheduler.WorkerInfo
+	for _, w := range e.sched.Workers() {
+		if w.BotID == id && (found.BotID == "" || w.State != scheduler.WorkerGone) {
+			found = w
+		}
+	}
+	return found
+}
+
+// runningWorker is a worker.Worker started by a test, stopped when the test ends.
+type runningWorker struct {
+	w       *worker.Worker
+	notices chan cloud.Notice
+	cancel  context.CancelFunc
+	done    chan error
+}
+
+// startWorker starts a worker with exec and cfg (WorkerID required) on a connection of its own.
+func (e *env) startWorker(cfg worker.Config, exec worker.Executor) *runningWorker {
+	e.t.Helper()
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff, cfg.MaxBackoff = time.Second, time.Second
+	}
+	w, err := worker.New(cfg, e.dial(), exec, e.clk, e.log.With().Str("test_worker", cfg.WorkerID).Logger())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rw := &runningWorker{w: w, notices: make(chan cloud.Notice, 4), cancel: cancel, done: make(chan error, 1)}
+	go func() { rw.done <- w.Run(ctx, rw.notices) }()
+	e.t.Cleanup(func() {
+		cancel()
+		select {
+		case <-rw.done:
+		case <-time.After(10 * time.Second):
+			e.t.Errorf("worker %s did not stop", cfg.WorkerID)
+		}
+	})
+	return rw
+}
+
+// newRunner returns a real runner with its own cache directory.
+func (e *env) newRunner(id string) *runner.Runner {
+	e.t.Helper()
+	dir := e.t.TempDir()
+	r, err := runner.New(runner.Config{
+		CacheDir:             filepath.Join(dir, "cache"),
+		AppendOnlyCachesBase: filepath.Join(dir, "caches"),
+		WorkerID:             id,
+	}, e.dial(), e.clk, e.log)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// eventually polls cond until it holds, failing the test after a while.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// pidAlive reports whether process pid exists.
+func pidAlive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	return p.Signal(syscall.Signal(0)) == nil
+}
+
+var runtimeGOARCH = runtime.GOARCH
+
+func codesOf(err error) codes.Code { return status.Code(err) }

@@ -1,0 +1,138 @@
+package worker_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+
+	"github.com/buildfleet/buildfleet/scheduler"
+	"github.com/buildfleet/buildfleet/worker"
+)
+
+// A worker with the real runner takes leases from the real scheduler, runs them two at a time
+// and its results reach the clients' Execute streams, outputs and all.
+func TestWorkerRunsActionsWithRealRunner(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 2}, e.newRunner("w1"))
+
+	var ops []*op
+	for i := range 4 {
+		d := e.action(fmt.Sprintf("mkdir -p out && echo hello %d > out/hello.txt && echo said %d", i, i), "", 0, "out/hello.txt")
+		ops = append(ops, e.execute(d))
+	}
+	for i, o := range ops {
+		resp := o.wait(t)
+		if code := codes.Code(resp.GetStatus().GetCode()); code != codes.OK {
+			t.Fatalf("action %d: status %v", i, resp.GetStatus())
+		}
+		r := resp.GetResult()
+		if r.GetExitCode() != 0 || len(r.GetOutputFiles()) != 1 {
+			t.Fatalf("action %d: result %v", i, r)
+		}
+		if got, want := string(e.blob(r.GetOutputFiles()[0].GetDigest())), fmt.Sprintf("hello %d\n", i); got != want {
+			t.Errorf("action %d: out/hello.txt = %q, want %q", i, got, want)
+		}
+		if got, want := string(e.blob(r.GetStdoutDigest())), fmt.Sprintf("said %d\n", i); got != want {
+			t.Errorf("action %d: stdout = %q, want %q", i, got, want)
+		}
+		if w := r.GetExecutionMetadata().GetWorker(); w != "w1" {
+			t.Errorf("action %d ran on %q, want w1", i, w)
+		}
+	}
+	info := e.workerState("w1")
+	if info.Capacity != 2 || info.State != scheduler.WorkerServing {
+		t.Errorf("scheduler sees worker %+v, want capacity 2, serving", info)
+	}
+	props := strings.Join(info.Properties, ",")
+	for _, want := range []string{"OSFamily=linux", "ISA=" + worker.ISA(runtimeGOARCH)} {
+		if !strings.Contains(props, want) {
+			t.Errorf("worker properties %q lack %s", props, want)
+		}
+	}
+}
+
+// The worker never runs more actions than its slots, and starts the next one as soon as a
+// slot frees.
+func TestWorkerRespectsConcurrencySlots(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	names := []string{"a", "b", "c", "d", "e"}
+	g := newGateExecutor("w1", names...)
+	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 2}, g)
+	ops := map[string]*op{}
+	for _, n := range names {
+		ops[n] = e.execute(e.action("true", n, 0))
+	}
+	eventually(t, "two actions run", func() bool { _, _, running, _ := g.snapshot(); return running == 2 })
+	for done := 0; done < len(names); done++ {
+		started, _, _, _ := g.snapshot()
+		if len(started) > done+2 {
+			t.Fatalf("%d actions started with %d finished and 2 slots", len(started), done)
+		}
+		name := started[len(started)-1]
+		if done < len(started) {
+			name = started[done]
+		}
+		g.open(name)
+		if resp := ops[name].wait(t); string(resp.GetResult().GetStdoutRaw()) != name+" ran on w1" {
+			t.Fatalf("result of %s: %v", name, resp.GetResult())
+		}
+		if want := min(len(names), done+3); done+1 < len(names) {
+			eventually(t, fmt.Sprintf("%d actions have started", want), func() bool {
+				started, _, _, _ := g.snapshot()
+				return len(started) == want
+			})
+		}
+	}
+	if _, _, _, peak := g.snapshot(); peak != 2 {
+		t.Errorf("at most %d actions ran at once, want 2", peak)
+	}
+}
+
+// CancelOperation withdraws the lease: the worker kills the running process and frees the
+// slot for the next action.
+func TestWorkerStopsCancelledAction(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, e.newRunner("w1"))
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	long := e.execute(e.action("echo $$ > "+pidFile+" && exec sleep 60", "", 0))
+	var pid int
+	eventually(t, "the long action runs", func() bool {
+		b, err := os.ReadFile(pidFile)
+		if err != nil || !strings.HasSuffix(string(b), "\n") {
+			return false
+		}
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return pid > 0
+	})
+	name := <-long.name
+	if _, err := e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: name}); err != nil {
+		t.Fatalf("CancelOperation: %v", err)
+	}
+	if r := <-long.done; codes.Code(statusCode(r)) != codes.Canceled {
+		t.Errorf("cancelled operation ended with %v / %v, want CANCELLED", r.err, r.resp.GetStatus())
+	}
+	eventually(t, "the cancelled process is killed", func() bool { return !pidAlive(pid) })
+	// The slot is free again.
+	next := e.execute(e.action("echo next", "", 0))
+	if resp := next.wait(t); string(e.blob(resp.GetResult().GetStdoutDigest())) != "next\n" {
+		t.Errorf("next action: %v", resp)
+	}
+}
+
+func statusCode(r opResult) int32 {
+	if r.err != nil {
+		return int32(codesOf(r.err))
+	}
+	return r.resp.GetStatus().GetCode()
+}
+
+var _ = time.Second
+var _ = repb.ExecutionStage_EXECUTING
