@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
@@ -72,7 +73,10 @@ func (c *casClient) batchLimit(ctx context.Context) int64 {
 		if c.maxBatchSize <= 0 {
 			c.maxBatchSize = defaultMaxBatchSize
 		}
-		caps, err := c.caps.GetCapabilities(ctx, &repb.GetCapabilitiesRequest{InstanceName: c.instance})
+		// Detached from the caller: the answer serves every later action too.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		caps, err := c.caps.GetCapabilities(cctx, &repb.GetCapabilitiesRequest{InstanceName: c.instance})
 		if err != nil {
 			return
 		}

@@ -650,3 +650,30 @@ func waitDead(t *testing.T, pid int) {
 	t.Errorf("process %d is still running", pid)
 	syscall.Kill(pid, syscall.SIGKILL)
 }
+
+func TestRunConcurrentFetchesOfOneBlobAreShared(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, content := range []string{"small shared input", strings.Repeat("L", 5<<20)} {
+		d := digest.FromBytes([]byte(content))
+		f.cas.gated, f.cas.gate, f.cas.entered = d, make(chan struct{}), make(chan digest.Digest, 4)
+		inputs := map[string]entry{"shared": {content: content}}
+		errs := make(chan error, 2)
+		go func() { _, err := f.run(context.Background(), shell("wc -c shared"), inputs, 0); errs <- err }()
+		<-f.cas.entered // The first action is downloading the blob.
+		go func() { _, err := f.run(context.Background(), shell("cat shared > /dev/null"), inputs, 0); errs <- err }()
+		for f.cas.callCount("BatchReadBlobs") < 3 { // Tree, first command, second command.
+			time.Sleep(time.Millisecond)
+		}
+		close(f.cas.gate)
+		for i := 0; i < 2; i++ {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := f.cas.readsOf(d); n != 1 {
+			t.Errorf("blob of %d bytes read %d times by two concurrent actions, want 1", d.Size, n)
+		}
+		f.cas.gate = nil
+		f.cas.resetCounts()
+	}
+}

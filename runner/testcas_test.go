@@ -31,6 +31,11 @@ type testCAS struct {
 	bspb.UnimplementedByteStreamServer
 
 	maxBatch int64
+	// gate, when set, blocks every read of gated until it is closed; entered receives the
+	// digest when such a read arrives.
+	gated   digest.Digest
+	gate    chan struct{}
+	entered chan digest.Digest
 
 	mu      sync.Mutex
 	blobs   map[digest.Digest][]byte
@@ -157,6 +162,13 @@ func (s *testCAS) remove(d digest.Digest) {
 	s.mu.Unlock()
 }
 
+func (s *testCAS) wait(p *repb.Digest) {
+	if s.gate != nil && p.GetHash() == s.gated.Hash {
+		s.entered <- s.gated
+		<-s.gate
+	}
+}
+
 func (s *testCAS) GetCapabilities(ctx context.Context, req *repb.GetCapabilitiesRequest) (*repb.ServerCapabilities, error) {
 	s.count("GetCapabilities")
 	return &repb.ServerCapabilities{CacheCapabilities: &repb.CacheCapabilities{
@@ -217,6 +229,9 @@ func (s *testCAS) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobsRe
 	if total > s.maxBatch {
 		return nil, status.Errorf(codes.InvalidArgument, "batch of %d bytes exceeds %d", total, s.maxBatch)
 	}
+	for _, p := range req.GetDigests() {
+		s.wait(p)
+	}
 	resp := &repb.BatchReadBlobsResponse{}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -242,6 +257,7 @@ func (s *testCAS) Read(req *bspb.ReadRequest, stream bspb.ByteStream_ReadServer)
 	if err != nil {
 		return err
 	}
+	s.wait(rn.Digest.Proto())
 	s.mu.Lock()
 	b, ok := s.blobs[rn.Digest]
 	if ok {

@@ -57,6 +57,9 @@ func TestUnmatchablePlatformFailsAfterBoundedWait(t *testing.T) {
 	}
 	e.clk.Advance(59 * time.Second)
 	// A matching bot may still come: nothing happens before the bound.
+	if got, err := e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: op.Name}); err != nil || got.Done {
+		t.Fatalf("before the bound: %v, %v", got, err)
+	}
 	e.clk.Advance(time.Second)
 	done := recvDone(t, s)
 	resp := responseOf(t, done)
@@ -445,11 +448,12 @@ func TestUnmatchedWithNoWorkerAtAll(t *testing.T) {
 func TestUnmatchedWaitRestartsWhenTheLastMatchingBotLeaves(t *testing.T) {
 	e := newEnv(t, scheduler.Config{UnmatchedPlatformWait: time.Minute})
 	// The only arm bot is busy, so the arm action waits in the queue.
-	busy, reply := e.newBot("arm", 1, "ISA", "arm64")
+	busy, _ := e.newBot("arm", 1, "ISA", "arm64")
 	e.run("", e.putAction("first", withPlatform("ISA", "arm64")))
-	reply = busy.update()
+	if reply := busy.update(); len(reply.Leases) != 1 {
+		t.Fatalf("arm bot got %v", reply.Leases)
+	}
 	s, _ := e.run("", e.putAction("second", withPlatform("ISA", "arm64")))
-	_ = reply
 	// The bot disappears: its own lease is requeued and both actions wait for an arm bot, for
 	// the bounded time only.
 	e.clk.Advance(scheduler.DefaultSessionExpiry)

@@ -81,7 +81,8 @@ func (s *Scheduler) finish(ctx context.Context, cs []*completion) {
 		if !c.cache {
 			continue
 		}
-		if err := s.ac.Put(ctx, c.op.instance, c.op.action, c.response.Result); err != nil {
+		// The bot hanging up must not lose the cache entry of a result already accepted.
+		if err := s.ac.Put(context.WithoutCancel(ctx), c.op.instance, c.op.action, c.response.Result); err != nil {
 			s.log.Error().Err(err).Str("action_digest", c.op.action.String()).Str("operation", c.op.name).
 				Msg("Failed to write the action result to the action cache")
 		}

@@ -6,11 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
-	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"

@@ -80,7 +80,7 @@ func (c *memCAS) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.
 	return out, nil
 }
 
-func (c *memCAS) put(t *testing.T, b []byte) digest.Digest {
+func (c *memCAS) put(t testing.TB, b []byte) digest.Digest {
 	t.Helper()
 	d := digest.FromBytes(b)
 	if err := c.Put(context.Background(), d, bytes.NewReader(b)); err != nil {
@@ -89,7 +89,7 @@ func (c *memCAS) put(t *testing.T, b []byte) digest.Digest {
 	return d
 }
 
-func (c *memCAS) putMessage(t *testing.T, m proto.Message) digest.Digest {
+func (c *memCAS) putMessage(t testing.TB, m proto.Message) digest.Digest {
 	t.Helper()
 	b, _, err := digest.FromMessage(m)
 	if err != nil {
@@ -136,7 +136,7 @@ func (a *memAC) get(instance string, d digest.Digest) *repb.ActionResult {
 
 // env is a scheduler served over bufconn with clients for every service.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ctx   context.Context
 	clk   *clock.Fake
 	cas   *memCAS
@@ -151,7 +151,7 @@ type env struct {
 
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func newEnv(t *testing.T, cfg scheduler.Config) *env {
+func newEnv(t testing.TB, cfg scheduler.Config) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
@@ -265,7 +265,7 @@ func (e *env) run(instance string, d digest.Digest) (repb.Execution_ExecuteClien
 }
 
 // recv receives one operation.
-func recv(t *testing.T, s grpc.ServerStreamingClient[longrunningpb.Operation]) *longrunningpb.Operation {
+func recv(t testing.TB, s grpc.ServerStreamingClient[longrunningpb.Operation]) *longrunningpb.Operation {
 	t.Helper()
 	op, err := s.Recv()
 	if err != nil {
@@ -275,7 +275,7 @@ func recv(t *testing.T, s grpc.ServerStreamingClient[longrunningpb.Operation]) *
 }
 
 // recvUntil receives operations until one is at stage or done, returning it.
-func recvUntil(t *testing.T, s grpc.ServerStreamingClient[longrunningpb.Operation], stage repb.ExecutionStage_Value) *longrunningpb.Operation {
+func recvUntil(t testing.TB, s grpc.ServerStreamingClient[longrunningpb.Operation], stage repb.ExecutionStage_Value) *longrunningpb.Operation {
 	t.Helper()
 	for {
 		op := recv(t, s)
@@ -286,7 +286,7 @@ func recvUntil(t *testing.T, s grpc.ServerStreamingClient[longrunningpb.Operatio
 }
 
 // recvDone receives operations until the done one, and checks that the stream then ends.
-func recvDone(t *testing.T, s grpc.ServerStreamingClient[longrunningpb.Operation]) *longrunningpb.Operation {
+func recvDone(t testing.TB, s grpc.ServerStreamingClient[longrunningpb.Operation]) *longrunningpb.Operation {
 	t.Helper()
 	for {
 		op := recv(t, s)
@@ -299,7 +299,7 @@ func recvDone(t *testing.T, s grpc.ServerStreamingClient[longrunningpb.Operation
 	}
 }
 
-func stageOf(t *testing.T, op *longrunningpb.Operation) repb.ExecutionStage_Value {
+func stageOf(t testing.TB, op *longrunningpb.Operation) repb.ExecutionStage_Value {
 	t.Helper()
 	var md repb.ExecuteOperationMetadata
 	if err := op.Metadata.UnmarshalTo(&md); err != nil {
@@ -308,7 +308,7 @@ func stageOf(t *testing.T, op *longrunningpb.Operation) repb.ExecutionStage_Valu
 	return md.Stage
 }
 
-func responseOf(t *testing.T, op *longrunningpb.Operation) *repb.ExecuteResponse {
+func responseOf(t testing.TB, op *longrunningpb.Operation) *repb.ExecuteResponse {
 	t.Helper()
 	if !op.Done {
 		t.Fatalf("operation %s not done", op.Name)
@@ -434,7 +434,7 @@ func active(id string) *rwpb.Lease {
 	return &rwpb.Lease{Id: id, State: rwpb.LeaseState_ACTIVE}
 }
 
-func completed(t *testing.T, id string, result *repb.ActionResult, code codes.Code) *rwpb.Lease {
+func completed(t testing.TB, id string, result *repb.ActionResult, code codes.Code) *rwpb.Lease {
 	t.Helper()
 	l := &rwpb.Lease{Id: id, State: rwpb.LeaseState_COMPLETED, Status: &spb.Status{Code: int32(code), Message: code.String()}}
 	if result != nil {
@@ -448,7 +448,7 @@ func completed(t *testing.T, id string, result *repb.ActionResult, code codes.Co
 }
 
 // leaseAction returns the action digest of a lease's payload.
-func leaseAction(t *testing.T, l *rwpb.Lease) digest.Digest {
+func leaseAction(t testing.TB, l *rwpb.Lease) digest.Digest {
 	t.Helper()
 	var a repb.Action
 	if err := l.Payload.UnmarshalTo(&a); err != nil {
@@ -462,7 +462,7 @@ func leaseAction(t *testing.T, l *rwpb.Lease) digest.Digest {
 }
 
 // waitFor polls cond (state only, with short real-time waits) until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -489,7 +489,7 @@ func (e *env) worker(id string) scheduler.WorkerInfo {
 }
 
 // checkStatus compares an error's whole status with want.
-func checkStatus(t *testing.T, err error, code codes.Code, msgContains string) *status.Status {
+func checkStatus(t testing.TB, err error, code codes.Code, msgContains string) *status.Status {
 	t.Helper()
 	st := status.Convert(err)
 	if st.Code() != code || !bytes.Contains([]byte(st.Message()), []byte(msgContains)) {

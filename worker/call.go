@@ -14,6 +14,9 @@ import (
 // minCallTimeout is the shortest deadline given to a call, however short the session's life.
 const minCallTimeout = time.Second
 
+// drainReportTimeout is the initial deadline of drain reports (see loop.issue).
+const drainReportTimeout = 2500 * time.Millisecond
+
 // drainMaxBackoff caps the delay between attempts to reach the scheduler while draining,
 // where every second counts.
 const drainMaxBackoff = time.Second
@@ -29,6 +32,8 @@ type call struct {
 	sent      map[string]*lease
 	completed map[string]bool
 	issued    time.Time
+	// report is true for a drain report sent with a short deadline.
+	report bool
 }
 
 // callResult is a finished call.
@@ -87,6 +92,13 @@ func (l *loop) issue() {
 	if l.ttl > 0 {
 		timeout = max(min(timeout, l.ttl*3/4), minCallTimeout)
 	}
+	if l.phase == draining && (len(c.completed) > 0 || !l.terminatingAcked) {
+		// A report the drain waits on is sent with a deadline too short for the scheduler
+		// to hold the call (servers hold none below about 3 s), so that the acknowledgement
+		// comes at once even from a scheduler that would otherwise wait for news.
+		c.report = true
+		timeout = min(timeout, l.reportTimeout)
+	}
 	ctx, cancel := context.WithTimeout(l.callBase, timeout)
 	c.cancel = cancel
 	l.call = c
@@ -127,6 +139,11 @@ func (l *loop) callDone(r callResult) {
 	code := status.Code(r.err)
 	switch {
 	case r.c.cancelled && code == codes.Canceled:
+		return
+	case code == codes.DeadlineExceeded && r.c.report:
+		// The scheduler took too long to answer a drain report: allow it more time.
+		l.reportTimeout = min(2*l.reportTimeout, l.cfg.UpdateTimeout)
+		l.log.Warn().Dur("report_timeout", l.reportTimeout).Msg("Drain report timed out; sending it again")
 		return
 	case code == codes.DeadlineExceeded:
 		l.log.Debug().Dur("after", l.clk.Now().Sub(r.c.issued)).Msg("UpdateBotSession reached its deadline; polling again")

@@ -162,7 +162,7 @@ func (l *loop) abort(cause error) error {
 	}
 	l.waitActions()
 	if len(l.leases) > 0 && !l.needCreate {
-		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.HandBackGrace)
+		ctx, cancel := context.WithTimeout(context.Background(), min(l.cfg.HandBackGrace, l.reportTimeout))
 		defer cancel()
 		if _, err := l.w.bots.UpdateBotSession(ctx, &rwpb.UpdateBotSessionRequest{Name: l.name, BotSession: l.session()}); err != nil {
 			l.log.Warn().Err(err).Int("leases", len(l.leases)).Msg("Could not hand the leases back; the scheduler will requeue them when they expire")

@@ -52,7 +52,7 @@ type loop struct {
 	notFound int
 	leases   map[string]*lease
 	// running counts action goroutines that have not reported back, including those of
-	// withdrawn or handed-back leases that are still stopping: they hold a slot until then.
+	// withdrawn or handed-back leases that are still stopping; Run waits for all of them.
 	running int
 	// version counts changes the scheduler must hear; a call sent at an older version is
 	// cancelled and sent again so that completions are reported without waiting for the
@@ -61,6 +61,8 @@ type loop struct {
 	// ttl is how long the scheduler keeps the session alive after a call, learned from the
 	// expire_time of its replies (zero until known).
 	ttl time.Duration
+	// reportTimeout is the deadline of drain reports; it grows when the scheduler is slow.
+	reportTimeout time.Duration
 
 	outcomes   chan outcome
 	calls      chan callResult
@@ -89,15 +91,16 @@ type loop struct {
 
 func newLoop(w *Worker) *loop {
 	l := &loop{
-		w:          w,
-		cfg:        w.cfg,
-		clk:        w.clk,
-		log:        w.log,
-		needCreate: true,
-		leases:     map[string]*lease{},
-		outcomes:   make(chan outcome, w.cfg.Concurrency),
-		calls:      make(chan callResult, 1),
-		backoff:    newBackoff(w.cfg.MinBackoff, w.cfg.MaxBackoff),
+		w:             w,
+		cfg:           w.cfg,
+		clk:           w.clk,
+		log:           w.log,
+		needCreate:    true,
+		reportTimeout: drainReportTimeout,
+		leases:        map[string]*lease{},
+		outcomes:      make(chan outcome, w.cfg.Concurrency),
+		calls:         make(chan callResult, 1),
+		backoff:       newBackoff(w.cfg.MinBackoff, w.cfg.MaxBackoff),
 	}
 	l.callBase, l.stopCalls = context.WithCancel(context.Background())
 	l.actionBase, l.stopAction = context.WithCancel(context.Background())

@@ -8,7 +8,7 @@ import (
 
 // printClientSettings writes the .bazelrc and pants.toml lines that point Bazel and Pants at a
 // scheduler listening on addr.
-func printClientSettings(w io.Writer, addr string, tls bool) {
+func printClientSettings(w io.Writer, addr string, tls, tokens bool) {
 	host, port, err := net.SplitHostPort(addr)
 	if err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
 		addr = net.JoinHostPort("127.0.0.1", port)
@@ -40,4 +40,10 @@ remote_execution_append_only_caches_base_path = "/toolchain/caches"
 process_execution_remote_parallelism = 64
 # Pants 2.16+ also needs a remote_environment target: see the README.
 `, url)
+	if tls {
+		fmt.Fprintln(w, "# TLS is on: Bazel also needs --tls_certificate=CA.pem, Pants remote_ca_certs_path = \"CA.pem\"")
+	}
+	if tokens {
+		fmt.Fprintln(w, "# Tokens are required: Bazel --remote_header=Authorization=\"Bearer TOKEN\", Pants remote_oauth_bearer_token = \"TOKEN\"")
+	}
 }

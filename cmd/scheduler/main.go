@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/buildfleet/buildfleet/auth"
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
@@ -55,6 +56,12 @@ func run(args []string) error {
 	unmatchedTimeout := fs.Duration("unmatched-platform-timeout", 5*time.Minute, "how long an action no connected worker can run waits before failing")
 	maxQueue := fs.Int("max-queue-per-instance", 100000, "queued actions per instance name beyond which Execute answers RESOURCE_EXHAUSTED")
 	shutdownGrace := fs.Duration("shutdown-grace", 10*time.Second, "how long SIGTERM waits for in-flight RPCs before closing them")
+	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for TLS; clients then use grpcs://")
+	tlsKey := fs.String("tls-key", "", "PEM private key for --tls-cert")
+	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+	clientTokens := fs.String("client-tokens-file", "", "client token grants, one 'TOKEN INSTANCE_PATTERN PERMISSIONS' a line; reloaded on SIGHUP")
+	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
+	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -80,20 +87,49 @@ func run(args []string) error {
 	}
 	ac := storage.NewCompletenessCheckingActionCache(diskAC, cas)
 
-	sched := scheduler.New(scheduler.Config{
-		SessionTimeout:           *sessionTimeout,
-		RetryLimit:               *retryLimit,
-		UnmatchedPlatformTimeout: *unmatchedTimeout,
-		MaxQueuePerInstance:      *maxQueue,
-	}, cas, ac, clock.System, logger, reg)
-
-	srv := grpc.NewServer(
-		grpc.MaxRecvMsgSize(16<<20),
-		grpc.MaxSendMsgSize(16<<20),
+	authz, err := auth.New(auth.Config{ClientTokensFile: *clientTokens, WorkerTokensFile: *workerTokens, Registerer: reg}, logger)
+	if err != nil {
+		return err
+	}
+	if !authz.Enabled() && !auth.IsLoopbackListen(*listen) {
+		if !*insecureRemote {
+			return fmt.Errorf("--listen=%s is not a loopback address and no --client-tokens-file or --worker-tokens-file is set; give token files, or pass --insecure-allow-remote to serve anyone who can reach it", *listen)
+		}
+		logger.Warn().Str("listen", *listen).Msg("INSECURE: authentication is OFF on a non-loopback address: anyone who can reach it can read the cache and run commands")
+	}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes),
+		grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
-	)
-	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{ExecutionEnabled: true, Logger: logger})
+	}
+	opts = append(opts, authz.ServerOptions()...)
+	useTLS := *tlsCert != "" || *tlsKey != ""
+	if useTLS {
+		creds, err := auth.ServerCredentials(*tlsCert, *tlsKey, *tlsClientCA, logger)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, grpc.Creds(creds))
+	} else if *tlsClientCA != "" {
+		return errors.New("--tls-client-ca needs --tls-cert and --tls-key")
+	}
+
+	cfg := scheduler.Config{
+		SessionExpiry:         *sessionTimeout,
+		RetryLimit:            *retryLimit,
+		UnmatchedPlatformWait: *unmatchedTimeout,
+		MaxQueuePerInstance:   *maxQueue,
+		NoRetries:             *retryLimit == 0,
+	}
+	sched := scheduler.New(cfg, cas, ac, clock.System, logger, reg)
+
+	srv := grpc.NewServer(opts...)
+	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
+		ExecutionEnabled:    true,
+		Logger:              logger,
+		ActionCacheWritable: authz.MayWriteActionCache,
+	})
 	sched.Register(srv)
 
 	lis, err := net.Listen("tcp", *listen)
@@ -115,11 +151,14 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go authz.WatchSignals(ctx, hup)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	logger.Info().Str("listen", lis.Addr().String()).Str("storage_dir", *storageDir).
 		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
-	printClientSettings(os.Stdout, lis.Addr().String(), false)
+	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled())
 
 	select {
 	case err := <-serveErr:

@@ -1,0 +1,245 @@
+package worker_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buildfleet/buildfleet/cloud"
+	"github.com/buildfleet/buildfleet/scheduler"
+	"github.com/buildfleet/buildfleet/worker"
+)
+
+// fakeCompleter records what the worker tells the platform, and what the scheduler thought
+// of the worker when it was told the drain was complete.
+type fakeCompleter struct {
+	e  *env
+	id string
+
+	mu         sync.Mutex
+	heartbeats int
+	completes  int
+	atComplete scheduler.WorkerInfo
+}
+
+func (c *fakeCompleter) Heartbeat(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.heartbeats++
+	return nil
+}
+
+func (c *fakeCompleter) Complete(context.Context) error {
+	info := c.e.workerState(c.id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.completes++
+	c.atComplete = info
+	return nil
+}
+
+func (c *fakeCompleter) counts() (heartbeats, completes int, at scheduler.WorkerInfo) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.heartbeats, c.completes, c.atComplete
+}
+
+// receive waits (in real time) for Run to return.
+func (rw *runningWorker) result(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-rw.done:
+		rw.done <- err // keep it for the cleanup
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("worker did not return")
+		return nil
+	}
+}
+
+func (rw *runningWorker) returned() bool {
+	select {
+	case err := <-rw.done:
+		rw.done <- err
+		return true
+	default:
+		return false
+	}
+}
+
+// The drain story: a spot notice makes the worker report BOT_TERMINATING at once; it takes
+// no new lease; the short action finishes and is reported; at the deadline minus the safety
+// margin the long one is stopped and handed back; Run returns once the scheduler has
+// acknowledged everything, before the deadline; a second worker completes the handed-back
+// action (without it counting as a retry) and the one that queued meanwhile.
+func TestDrainFinishesShortActionsAndHandsBackLongOnes(t *testing.T) {
+	e := newEnv(t, scheduler.Config{NoRetries: true, SessionExpiry: time.Hour})
+	g1 := newGateExecutor("w1", "short", "long")
+	comp := &fakeCompleter{e: e, id: "w1"}
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 3, Completer: comp}, g1)
+	short := e.execute(e.action("true", "short", 0))
+	long := e.execute(e.action("true", "long", 0))
+	eventually(t, "both actions run on w1", func() bool { return g1.hasStarted("short") && g1.hasStarted("long") })
+	eventually(t, "the scheduler holds w1's long-poll", func() bool { return e.workerState("w1").LongPolling })
+
+	deadline := e.clk.Now().Add(2 * time.Minute)
+	w1.notices <- cloud.Notice{Source: "aws", Kind: cloud.SpotInterruption, Reason: "terminate", Deadline: deadline}
+	// The held long-poll would only end on the (fake, frozen) clock: the scheduler hears of
+	// the drain because the worker cancels it and calls again at once.
+	eventually(t, "the scheduler sees w1 draining", func() bool {
+		info := e.workerState("w1")
+		return info.State == scheduler.WorkerDraining && info.Status == "BOT_TERMINATING"
+	})
+
+	third := e.execute(e.action("true", "third", 0))
+	<-third.name // admitted and queued
+	g1.open("short")
+	if got := string(short.wait(t).GetResult().GetStdoutRaw()); got != "short ran on w1" {
+		t.Errorf("short action: %q", got)
+	}
+	eventually(t, "the platform is heartbeaten while draining", func() bool { hb, _, _ := comp.counts(); return hb >= 1 })
+	if w1.returned() {
+		t.Fatal("Run returned while an action was still running and the deadline was far")
+	}
+
+	e.clk.Set(deadline.Add(-worker.DefaultDrainSafetyMargin))
+	if err := w1.result(t); err != nil {
+		t.Fatalf("Run = %v, want nil after a clean drain", err)
+	}
+	if !e.clk.Now().Before(deadline) {
+		t.Errorf("Run returned at %v, not before the deadline %v", e.clk.Now(), deadline)
+	}
+	if !g1.hasStopped("long") {
+		t.Error("the long action was not stopped at the stop point")
+	}
+	if g1.hasStarted("third") {
+		t.Error("the draining worker started an action queued after the notice")
+	}
+	if _, completes, at := comp.counts(); completes != 1 || at.LeasesHeld != 0 || at.State != scheduler.WorkerDraining {
+		t.Errorf("platform told %d times; scheduler's view of w1 then: %+v (want once, no lease held, draining)", completes, at)
+	}
+
+	g2 := newGateExecutor("w2")
+	e.startWorker(worker.Config{WorkerID: "w2", Concurrency: 2}, g2)
+	if got := string(long.wait(t).GetResult().GetStdoutRaw()); got != "long ran on w2" {
+		t.Errorf("handed-back action: %q, want it run on w2", got)
+	}
+	if got := string(third.wait(t).GetResult().GetStdoutRaw()); got != "third ran on w2" {
+		t.Errorf("queued action: %q, want it run on w2", got)
+	}
+}
+
+// A second notice whose deadline has passed (a second SIGTERM) stops everything at once: the
+// lease is still handed back, and the worker returns without waiting for the deadline.
+func TestSecondSignalStopsAtOnceAndHandsBack(t *testing.T) {
+	e := newEnv(t, scheduler.Config{NoRetries: true, SessionExpiry: time.Hour})
+	g1 := newGateExecutor("w1", "long")
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g1)
+	long := e.execute(e.action("true", "long", 0))
+	eventually(t, "the action runs", func() bool { return g1.hasStarted("long") })
+	w1.notices <- cloud.Notice{Source: "signal", Kind: cloud.Signal, Reason: "SIGTERM", Deadline: e.clk.Now().Add(30 * time.Second)}
+	eventually(t, "the scheduler sees w1 draining", func() bool { return e.workerState("w1").State == scheduler.WorkerDraining })
+	if w1.returned() {
+		t.Fatal("Run returned while the action ran and the deadline was 30 s away")
+	}
+	w1.notices <- cloud.Notice{Source: "signal", Kind: cloud.Signal, Reason: "second signal (SIGTERM)", Deadline: e.clk.Now(), Immediate: true}
+	if err := w1.result(t); err != nil {
+		t.Fatalf("Run = %v, want nil: the hand-back was acknowledged", err)
+	}
+	if !g1.hasStopped("long") {
+		t.Error("the action was not stopped")
+	}
+	e.startWorker(worker.Config{WorkerID: "w2", Concurrency: 1}, newGateExecutor("w2"))
+	if got := string(long.wait(t).GetResult().GetStdoutRaw()); got != "long ran on w2" {
+		t.Errorf("handed-back action: %q, want it run on w2", got)
+	}
+}
+
+// A result computed while the scheduler is unreachable is held: a draining worker does not
+// exit until the scheduler is back and has acknowledged it.
+func TestDrainWaitsForAcknowledgement(t *testing.T) {
+	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour})
+	g1 := newGateExecutor("w1", "a")
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g1)
+	o := e.execute(e.action("true", "a", 0))
+	eventually(t, "the action runs", func() bool { return g1.hasStarted("a") })
+	e.down()
+	w1.notices <- cloud.Notice{Source: "gcp", Kind: cloud.Preemption, Reason: "preempted", Deadline: e.clk.Now().Add(2 * time.Minute)}
+	g1.open("a")
+	eventually(t, "the action finished", func() bool { _, _, running, _ := g1.snapshot(); return running == 0 })
+	for range 5 {
+		e.clk.Advance(time.Second)
+		time.Sleep(5 * time.Millisecond)
+		if w1.returned() {
+			t.Fatal("Run returned before the scheduler acknowledged the result")
+		}
+	}
+	e.up()
+	eventually(t, "the worker drained", func() bool {
+		e.clk.Advance(time.Second)
+		return w1.returned()
+	})
+	if err := w1.result(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if got := string(o.wait(t).GetResult().GetStdoutRaw()); got != "a ran on w1" {
+		t.Errorf("result: %q", got)
+	}
+}
+
+// A drain that cannot reach the scheduler gives up before the deadline with DEADLINE_EXCEEDED
+// rather than outliving the machine.
+func TestDrainGivesUpAtDeadline(t *testing.T) {
+	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour})
+	g1 := newGateExecutor("w1", "a")
+	comp := &fakeCompleter{e: e, id: "w1"}
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1, Completer: comp}, g1)
+	e.execute(e.action("true", "a", 0))
+	eventually(t, "the action runs", func() bool { return g1.hasStarted("a") })
+	e.down()
+	deadline := e.clk.Now().Add(30 * time.Second)
+	w1.notices <- cloud.Notice{Source: "aws", Kind: cloud.ScaleIn, Reason: "Terminated", Deadline: deadline}
+	eventually(t, "the worker gave up", func() bool {
+		e.clk.Advance(time.Second)
+		return w1.returned()
+	})
+	err := w1.result(t)
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Run = %v, want DEADLINE_EXCEEDED", err)
+	}
+	if !e.clk.Now().Before(deadline) {
+		t.Errorf("gave up at %v, not before the deadline %v", e.clk.Now(), deadline)
+	}
+	if !g1.hasStopped("a") {
+		t.Error("the action was not stopped")
+	}
+	if _, completes, _ := comp.counts(); completes != 1 {
+		t.Errorf("platform told %d times, want 1", completes)
+	}
+}
+
+// Advisory notices do not drain unless configured to.
+func TestSoftNoticeDoesNotDrainByDefault(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	g := newGateExecutor("w1")
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g)
+	w1.notices <- cloud.Notice{Source: "aws", Kind: cloud.Rebalance, Reason: "rebalance recommendation", Soft: true}
+	if got := string(e.execute(e.action("true", "after", 0)).wait(t).GetResult().GetStdoutRaw()); got != "after ran on w1" {
+		t.Errorf("action after a soft notice: %q", got)
+	}
+	if info := e.workerState("w1"); info.State != scheduler.WorkerServing {
+		t.Errorf("worker state %q after a soft notice, want serving", info.State)
+	}
+
+	g2 := newGateExecutor("w2")
+	w2 := e.startWorker(worker.Config{WorkerID: "w2", Concurrency: 1, DrainOnSoftNotice: true}, g2)
+	eventually(t, "w2 has a session", func() bool { return e.workerState("w2").State == scheduler.WorkerServing })
+	w2.notices <- cloud.Notice{Source: "aws", Kind: cloud.Rebalance, Reason: "rebalance recommendation", Soft: true}
+	if err := w2.result(t); err != nil {
+		t.Fatalf("w2 Run = %v, want a clean drain", err)
+	}
+}
