@@ -14,6 +14,11 @@ import (
 // minCallTimeout is the shortest deadline given to a call, however short the session's life.
 const minCallTimeout = time.Second
 
+// minPollInterval is the least time between two UpdateBotSession calls that tell the
+// scheduler nothing new, for servers that answer at once instead of holding the call (BuildGrid
+// does while the bot holds leases).
+const minPollInterval = time.Second
+
 // drainReportTimeout is the initial deadline of drain reports (see loop.issue).
 const drainReportTimeout = 2500 * time.Millisecond
 
@@ -73,6 +78,10 @@ func (l *loop) sortedLeases() []*lease {
 // (or the scheduler forgot it), UpdateBotSession otherwise. The call's deadline bounds the
 // long-poll and keeps the session renewed well before it expires.
 func (l *loop) issue() {
+	if l.paceTimer != nil {
+		l.paceTimer.Stop()
+		l.paceTimer, l.paceC = nil, nil
+	}
 	bs := l.session()
 	c := &call{
 		create:      l.needCreate,
@@ -120,6 +129,16 @@ func (l *loop) issue() {
 		}
 		l.calls <- callResult{c: c, session: r, err: err}
 	}()
+}
+
+// pace delays the next call by d unless the worker has something to report that a call at
+// version sent did not carry.
+func (l *loop) pace(d time.Duration, sent uint64) {
+	if l.paceTimer != nil {
+		l.paceTimer.Stop()
+	}
+	l.paceTimer, l.paceC = l.clk.NewTimer(d)
+	l.paceVersion = sent
 }
 
 // cancelCall cancels the call in flight; it is sent again, with the current session, once it
@@ -174,6 +193,13 @@ func (l *loop) callDone(r callResult) {
 func (l *loop) accept(c *call, s *rwpb.BotSession) {
 	now := l.clk.Now()
 	l.backoff.reset()
+	before := l.version
+	changed := c.create || (c.terminating && !l.terminatingAcked)
+	defer func() {
+		if elapsed := now.Sub(c.issued); !changed && l.version == before && elapsed < minPollInterval {
+			l.pace(minPollInterval-elapsed, c.version)
+		}
+	}()
 	if c.create {
 		l.needCreate = false
 		l.name = s.GetName()
@@ -206,12 +232,14 @@ func (l *loop) accept(c *call, s *rwpb.BotSession) {
 				continue
 			}
 			if c.completed[id] {
+				changed = true
 				delete(l.leases, id)
 				lz.log.Info().Bool("handed_back", lz.handedBack).Str("code", codes.Code(lz.status.GetCode()).String()).
 					Msg("Scheduler acknowledged the lease's completion")
 				continue
 			}
 			if !listed[id] {
+				changed = true
 				delete(l.leases, id)
 				if lz.cancel != nil {
 					lz.cancel()

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -168,7 +169,7 @@ func TestDrainWaitsForAcknowledgement(t *testing.T) {
 	o := e.execute(e.action("true", "a", 0))
 	eventually(t, "the action runs", func() bool { return g1.hasStarted("a") })
 	e.down()
-	w1.notices <- cloud.Notice{Source: "gcp", Kind: cloud.Preemption, Reason: "preempted", Deadline: e.clk.Now().Add(2 * time.Minute)}
+	w1.notices <- cloud.Notice{Source: "gcp", Kind: cloud.Preemption, Reason: "preempted", Deadline: e.clk.Now().Add(10 * time.Minute)}
 	g1.open("a")
 	eventually(t, "the action finished", func() bool { _, _, running, _ := g1.snapshot(); return running == 0 })
 	for range 5 {
@@ -179,10 +180,7 @@ func TestDrainWaitsForAcknowledgement(t *testing.T) {
 		}
 	}
 	e.up()
-	eventually(t, "the worker drained", func() bool {
-		e.clk.Advance(time.Second)
-		return w1.returned()
-	})
+	e.advanceUntil(t, "the worker drained", time.Second, w1.returned)
 	if err := w1.result(t); err != nil {
 		t.Fatalf("Run = %v, want nil", err)
 	}
@@ -203,10 +201,7 @@ func TestDrainGivesUpAtDeadline(t *testing.T) {
 	e.down()
 	deadline := e.clk.Now().Add(30 * time.Second)
 	w1.notices <- cloud.Notice{Source: "aws", Kind: cloud.ScaleIn, Reason: "Terminated", Deadline: deadline}
-	eventually(t, "the worker gave up", func() bool {
-		e.clk.Advance(time.Second)
-		return w1.returned()
-	})
+	e.advanceUntil(t, "the worker gave up", time.Second, w1.returned)
 	err := w1.result(t)
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("Run = %v, want DEADLINE_EXCEEDED", err)
@@ -241,5 +236,29 @@ func TestSoftNoticeDoesNotDrainByDefault(t *testing.T) {
 	w2.notices <- cloud.Notice{Source: "aws", Kind: cloud.Rebalance, Reason: "rebalance recommendation", Soft: true}
 	if err := w2.result(t); err != nil {
 		t.Fatalf("w2 Run = %v, want a clean drain", err)
+	}
+}
+
+// The drain story with the real runner: a running process is killed at the stop point, its
+// lease handed back and run by another worker.
+func TestDrainKillsRealProcessAtStopPoint(t *testing.T) {
+	e := newEnv(t, scheduler.Config{NoRetries: true, SessionExpiry: time.Hour})
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1, DrainSafetyMargin: 15 * time.Second}, e.newRunner("w1"))
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	long := e.execute(e.action("echo $$ > "+pidFile+" && exec sleep 60", "long", 0))
+	pid := waitPID(t, pidFile)
+	deadline := e.clk.Now().Add(time.Minute)
+	w1.notices <- cloud.Notice{Source: "aws", Kind: cloud.SpotInterruption, Reason: "terminate", Deadline: deadline}
+	eventually(t, "the scheduler sees w1 draining", func() bool { return e.workerState("w1").State == scheduler.WorkerDraining })
+	e.clk.Set(deadline.Add(-14 * time.Second)) // past the stop point, 15 s before the deadline
+	if err := w1.result(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if pidAlive(pid) {
+		t.Error("the action's process outlived the drain")
+	}
+	e.startWorker(worker.Config{WorkerID: "w2", Concurrency: 1}, newGateExecutor("w2"))
+	if got := string(long.wait(t).GetResult().GetStdoutRaw()); got != "long ran on w2" {
+		t.Errorf("handed-back action: %q, want it run on w2", got)
 	}
 }

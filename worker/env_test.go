@@ -347,3 +347,25 @@ func pidAlive(pid int) bool {
 var runtimeGOARCH = runtime.GOARCH
 
 func codesOf(err error) codes.Code { return status.Code(err) }
+
+// advanceUntil moves the fake clock on by step until cond holds. After each step it gives the
+// code under test a moment to react (until it arms a new timer, or briefly), so that fake
+// time does not race ahead of it (gRPC's reconnection backoff runs on the real clock).
+func (e *env) advanceUntil(t *testing.T, what string, step time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s (fake clock at %v)", what, e.clk.Now())
+		}
+		armed := e.clk.Armed()
+		e.clk.Advance(step)
+		select {
+		case <-armed:
+			time.Sleep(2 * time.Millisecond) // reconnections run on real time
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+var discardLogger = zerolog.Nop()

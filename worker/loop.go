@@ -77,6 +77,11 @@ type loop struct {
 	retryC       <-chan time.Time
 	refreshTimer clock.Timer
 	refreshC     <-chan time.Time
+	// paceTimer delays a call that would tell the scheduler nothing new (see minPollInterval);
+	// a change after paceVersion is sent at once.
+	paceTimer   clock.Timer
+	paceC       <-chan time.Time
+	paceVersion uint64
 
 	// Drain state.
 	deadline         time.Time
@@ -109,7 +114,7 @@ func newLoop(w *Worker) *loop {
 
 // close releases the loop's timers and contexts.
 func (l *loop) close() {
-	for _, t := range []clock.Timer{l.retryTimer, l.refreshTimer, l.stopTimer, l.finalTimer} {
+	for _, t := range []clock.Timer{l.retryTimer, l.refreshTimer, l.paceTimer, l.stopTimer, l.finalTimer} {
 		if t != nil {
 			t.Stop()
 		}
@@ -128,7 +133,7 @@ func (l *loop) run(ctx context.Context, notices <-chan cloud.Notice) error {
 		if l.drained() {
 			return l.finish()
 		}
-		if l.call == nil && l.retryC == nil {
+		if l.call == nil && l.retryC == nil && (l.paceC == nil || l.version > l.paceVersion) {
 			l.issue()
 		}
 		if l.call != nil && !l.call.cancelled && l.version > l.call.version {
@@ -149,6 +154,8 @@ func (l *loop) run(ctx context.Context, notices <-chan cloud.Notice) error {
 			l.callDone(r)
 		case <-l.retryC:
 			l.retryC = nil
+		case <-l.paceC:
+			l.paceC = nil
 		case <-l.refreshC:
 			l.refreshC = nil
 			if l.call != nil && !l.call.cancelled {

@@ -7,10 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
-	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
 
 	"github.com/buildfleet/buildfleet/scheduler"
@@ -103,15 +101,7 @@ func TestWorkerStopsCancelledAction(t *testing.T) {
 	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, e.newRunner("w1"))
 	pidFile := filepath.Join(t.TempDir(), "pid")
 	long := e.execute(e.action("echo $$ > "+pidFile+" && exec sleep 60", "", 0))
-	var pid int
-	eventually(t, "the long action runs", func() bool {
-		b, err := os.ReadFile(pidFile)
-		if err != nil || !strings.HasSuffix(string(b), "\n") {
-			return false
-		}
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		return pid > 0
-	})
+	pid := waitPID(t, pidFile)
 	name := <-long.name
 	if _, err := e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: name}); err != nil {
 		t.Fatalf("CancelOperation: %v", err)
@@ -134,5 +124,17 @@ func statusCode(r opResult) int32 {
 	return r.resp.GetStatus().GetCode()
 }
 
-var _ = time.Second
-var _ = repb.ExecutionStage_EXECUTING
+// waitPID waits until a shell action has written its pid to path, and returns it.
+func waitPID(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	eventually(t, "the action writes its pid", func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil || !strings.HasSuffix(string(b), "\n") {
+			return false
+		}
+		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		return pid > 0
+	})
+	return pid
+}

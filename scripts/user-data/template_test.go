@@ -1,0 +1,237 @@
+package userdata_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+)
+
+const templatePath = "worker.sh.tftpl"
+
+// shellQuote quotes s as the Terraform modules do: replace(v, "'", "'\\”") inside '…'.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// values are the template variables, before quoting.
+type values struct {
+	bootstrapURL, bootstrapSHA256, bootstrapPath, workerURL, workerSHA256, scheduler string
+	tokenFile, tokenCommand                                                          string
+	bootstrapArgs                                                                    []string
+}
+
+// render evaluates the template as Terraform's templatefile() does (an HCL template).
+func render(t *testing.T, v values) string {
+	t.Helper()
+	src, err := os.ReadFile(templatePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expr, diags := hclsyntax.ParseTemplate(src, templatePath, hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatalf("parsing template: %s", diags)
+	}
+	var args []string
+	for _, a := range v.bootstrapArgs {
+		args = append(args, shellQuote(a))
+	}
+	vars := map[string]cty.Value{
+		"bootstrap_url":    cty.StringVal(shellQuote(v.bootstrapURL)),
+		"bootstrap_sha256": cty.StringVal(shellQuote(v.bootstrapSHA256)),
+		"bootstrap_path":   cty.StringVal(shellQuote(v.bootstrapPath)),
+		"worker_url":       cty.StringVal(shellQuote(v.workerURL)),
+		"worker_sha256":    cty.StringVal(shellQuote(v.workerSHA256)),
+		"scheduler":        cty.StringVal(shellQuote(v.scheduler)),
+		"token_file":       cty.StringVal(shellQuote(v.tokenFile)),
+		"token_command":    cty.StringVal(shellQuote(v.tokenCommand)),
+		"bootstrap_args":   cty.StringVal(strings.Join(args, " ")),
+	}
+	// Like templatefile(), refuse a template that uses a variable it is not given.
+	for _, tr := range expr.Variables() {
+		if _, ok := vars[tr.RootName()]; !ok {
+			t.Fatalf("template uses %q, which the modules do not pass", tr.RootName())
+		}
+	}
+	out, diags := expr.Value(&hcl.EvalContext{Variables: vars})
+	if diags.HasErrors() {
+		t.Fatalf("rendering template: %s", diags)
+	}
+	return out.AsString()
+}
+
+func sample() values {
+	return values{
+		bootstrapURL: "https://releases.example.com/buildfleet/v1.2.3/bootstrap-linux-amd64", bootstrapSHA256: strings.Repeat("a", 64),
+		bootstrapPath: "/usr/local/sbin/buildfleet-bootstrap", workerURL: "s3://artifacts/buildfleet/v1.2.3/worker",
+		workerSHA256: strings.Repeat("b", 64), scheduler: "grpc://scheduler.internal:8980",
+		tokenFile:     "/etc/buildfleet/token",
+		tokenCommand:  "aws ssm get-parameter --name /buildfleet/worker-token --with-decryption --query Parameter.Value --output text",
+		bootstrapArgs: []string{"--packages=default", "--drain-timeout=100s", "--", "--platform", "pool=it's spot"},
+	}
+}
+
+func writeScript(t *testing.T, text string) string {
+	p := filepath.Join(t.TempDir(), "user-data.sh")
+	if err := os.WriteFile(p, []byte(text), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRenderedScriptParses(t *testing.T) {
+	script := render(t, sample())
+	out, err := exec.Command("bash", "-n", writeScript(t, script)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bash -n: %v\n%s\n%s", err, out, script)
+	}
+	if n := strings.Count(script, "\n"); n > 45 {
+		t.Errorf("user-data is %d lines; keep it to one screen", n)
+	}
+	if !strings.Contains(script, `'pool=it'\''s spot'`) {
+		t.Errorf("argument with a quote not shell-quoted:\n%s", script)
+	}
+}
+
+var (
+	assignRE = regexp.MustCompile(`(?m)^\s*([A-Za-z_][A-Za-z0-9_]*)=`)
+	refRE    = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
+)
+
+// TestEveryVariableUsedIsDefined guards against the typo in the instructions this template
+// replaces, where the checksum was checked against a variable that was never set.
+func TestEveryVariableUsedIsDefined(t *testing.T) {
+	script := render(t, sample())
+	defined := map[string]bool{}
+	for _, m := range assignRE.FindAllStringSubmatch(script, -1) {
+		defined[m[1]] = true
+	}
+	var undefined []string
+	for _, m := range refRE.FindAllStringSubmatch(script, -1) {
+		if !defined[m[1]] {
+			undefined = append(undefined, m[1])
+		}
+	}
+	sort.Strings(undefined)
+	if len(undefined) > 0 {
+		t.Fatalf("variables used but never assigned: %v", undefined)
+	}
+	var checkLine string
+	for _, line := range strings.Split(script, "\n") {
+		if strings.Contains(line, "sha256sum") {
+			checkLine = line
+		}
+	}
+	refs := refRE.FindAllStringSubmatch(checkLine, -1)
+	if len(refs) == 0 || refs[0][1] != "BOOTSTRAP_SHA256" {
+		t.Fatalf("sha256sum line %q does not check $BOOTSTRAP_SHA256", checkLine)
+	}
+	if !strings.Contains(script, "BOOTSTRAP_SHA256="+shellQuote(sample().bootstrapSHA256)+"\n") {
+		t.Fatal("BOOTSTRAP_SHA256 is not assigned from the bootstrap_sha256 template variable")
+	}
+	if !strings.Contains(checkLine, "--check") {
+		t.Fatalf("sha256sum line %q does not verify", checkLine)
+	}
+}
+
+// TestScriptInstallsTheWorker runs the rendered user-data for real against a server on
+// 127.0.0.1: it fetches the built bootstrapper, verifies it, fetches the token, and the
+// bootstrapper installs the worker. A wrong pinned checksum stops everything.
+func TestScriptInstallsTheWorker(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: builds the bootstrapper and runs the user-data with bash; skipped with -short")
+	}
+	for _, tool := range []string{"bash", "curl", "sha256sum"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bootstrap-build")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/bootstrap").CombinedOutput(); err != nil {
+		t.Fatalf("building ./cmd/bootstrap: %v\n%s", err, out)
+	}
+	bootstrapBin, _ := os.ReadFile(bin)
+	workerBin := []byte("#!/bin/sh\necho worker\n")
+	var workerRequests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/bootstrap":
+			w.Write(bootstrapBin)
+		case "/worker":
+			workerRequests.Add(1)
+			w.Write(workerBin)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+
+	for _, tc := range []struct {
+		name      string
+		sha       string
+		wantOK    bool
+		wantFetch int32
+	}{
+		{"wrong pinned checksum", sum([]byte("another bootstrap")), false, 0},
+		{"right pinned checksum", sum(bootstrapBin), true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			v := values{
+				bootstrapURL: srv.URL + "/bootstrap", bootstrapSHA256: tc.sha,
+				bootstrapPath: filepath.Join(root, "sbin", "buildfleet-bootstrap"),
+				workerURL:     srv.URL + "/worker", workerSHA256: sum(workerBin),
+				scheduler: "grpc://127.0.0.1:1", tokenFile: filepath.Join(root, "etc", "token"),
+				tokenCommand:  "printf %s s3cret-token",
+				bootstrapArgs: []string{"--no-systemd", "--packages=none", "--install-path=" + filepath.Join(root, "bin", "worker")},
+			}
+			before := workerRequests.Load()
+			cmd := exec.Command("bash", writeScript(t, render(t, v)))
+			out, err := cmd.CombinedOutput()
+			t.Logf("user-data output:\n%s", out)
+			if (err == nil) != tc.wantOK {
+				t.Fatalf("user-data exit: %v, want success=%v", err, tc.wantOK)
+			}
+			if got := workerRequests.Load() - before; got != tc.wantFetch {
+				t.Fatalf("worker fetched %d times, want %d", got, tc.wantFetch)
+			}
+			if !tc.wantOK {
+				if !bytes.Contains(out, []byte("FAILED")) {
+					t.Errorf("sha256sum did not report the failure")
+				}
+				if entries, _ := os.ReadDir(filepath.Join(root, "sbin")); len(entries) != 0 {
+					t.Fatalf("unverified bootstrapper left behind: %v", entries)
+				}
+				return
+			}
+			if st, err := os.Stat(v.bootstrapPath); err != nil || st.Mode().Perm() != 0o755 {
+				t.Fatalf("bootstrapper not installed 0755: %v", err)
+			}
+			if got, _ := os.ReadFile(filepath.Join(root, "bin", "worker")); !bytes.Equal(got, workerBin) {
+				t.Fatalf("worker not installed: %q", got)
+			}
+			tok, _ := os.ReadFile(v.tokenFile)
+			st, _ := os.Stat(v.tokenFile)
+			if string(tok) != "s3cret-token" || st.Mode().Perm() != 0o600 {
+				t.Fatalf("token file %q mode %v, want the token with 0600", tok, st.Mode().Perm())
+			}
+		})
+	}
+}
+
+func sum(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}

@@ -1,0 +1,76 @@
+# Example: 0–64 spot workers in a regional managed instance group, scaled on the scheduler's
+# queue depth from Managed Service for Prometheus.
+
+terraform {
+  required_version = ">= 1.5.0"
+  required_providers {
+    google = {
+      source  = "hashicorp/google"
+      version = ">= 5.0"
+    }
+  }
+}
+
+provider "google" {
+  project = var.project
+  region  = var.region
+}
+
+variable "project" {
+  description = "Google Cloud project of the workers."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the workers."
+  type        = string
+  default     = "europe-west4"
+}
+
+variable "release" {
+  description = "buildfleet release whose bootstrap and worker binaries are installed."
+  type        = string
+  default     = "v0.1.0"
+}
+
+variable "bootstrap_sha256" {
+  description = "sha256 of bootstrap-linux-amd64 from the release's SHA256SUMS."
+  type        = string
+}
+
+variable "worker_sha256" {
+  description = "sha256 of worker-linux-amd64 from the release's SHA256SUMS."
+  type        = string
+}
+
+module "workers" {
+  source = "../../modules/gcp-spot-workers"
+
+  project      = var.project
+  region       = var.region
+  name         = "buildfleet-workers"
+  machine_type = "c2d-standard-8"
+  min_replicas = 0
+  max_replicas = 64
+
+  bootstrap_url    = "https://github.com/buildfleet/buildfleet/releases/download/${var.release}/bootstrap-linux-amd64"
+  bootstrap_sha256 = var.bootstrap_sha256
+  worker_url       = "https://github.com/buildfleet/buildfleet/releases/download/${var.release}/worker-linux-amd64"
+  worker_sha256    = var.worker_sha256
+
+  scheduler_address     = "grpc://10.10.0.5:8980"
+  auth_token_secret     = "buildfleet-worker-token"
+  drain_timeout_seconds = 25
+  worker_args           = ["--worker-concurrency=8"]
+
+  queue_depth_metric = {
+    name                       = "prometheus.googleapis.com/buildfleet_scheduler_queue_depth/gauge"
+    filter                     = "resource.type = \"prometheus_target\" AND metric.labels.platform = \"default\""
+    single_instance_assignment = 4
+  }
+}
+
+output "instance_group_manager" {
+  description = "The workers' managed instance group."
+  value       = module.workers.instance_group_manager
+}

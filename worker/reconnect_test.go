@@ -1,0 +1,92 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/buildfleet/buildfleet/scheduler"
+	"github.com/buildfleet/buildfleet/worker"
+)
+
+// While the scheduler is unreachable the worker holds the result it computed, retries with
+// backoff, and reports it once the scheduler is back; the client gets it.
+func TestWorkerDeliversResultsAfterSchedulerOutage(t *testing.T) {
+	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour, NoRetries: true})
+	g := newGateExecutor("w1", "a")
+	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g)
+	o := e.execute(e.action("true", "a", 0))
+	eventually(t, "the action runs", func() bool { return g.hasStarted("a") })
+	e.down()
+	g.open("a")
+	eventually(t, "the action finished", func() bool { _, _, running, _ := g.snapshot(); return running == 0 })
+	for range 5 { // the worker retries in vain meanwhile
+		e.clk.Advance(time.Second)
+		time.Sleep(2 * time.Millisecond)
+	}
+	e.up()
+	done := make(chan opResult, 1)
+	e.advanceUntil(t, "the client has the result", time.Second, func() bool {
+		select {
+		case r := <-o.done:
+			done <- r
+			return true
+		default:
+			return false
+		}
+	})
+	r := <-done
+	if r.err != nil || string(r.resp.GetResult().GetStdoutRaw()) != "a ran on w1" {
+		t.Fatalf("result after the outage: %v, %v", r.resp, r.err)
+	}
+	if started, _, _, _ := g.snapshot(); len(started) != 1 {
+		t.Errorf("actions started: %v, want the one run only once", started)
+	}
+	if info := e.workerState("w1"); info.State != scheduler.WorkerServing || info.LeasesHeld != 0 {
+		t.Errorf("scheduler's view after the outage: %+v", info)
+	}
+}
+
+// A scheduler that restarted has forgotten the session and its leases: the worker goes on
+// with a session the new scheduler knows, drops the lease it no longer has (stopping the
+// action), and runs the action again when the client's WaitExecution requeues it.
+func TestWorkerSurvivesSchedulerRestart(t *testing.T) {
+	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour})
+	g := newGateExecutor("w1", "a")
+	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g)
+	o := e.execute(e.action("true", "a", 0))
+	eventually(t, "the action runs", func() bool { return g.hasStarted("a") })
+	e.restart()
+	e.advanceUntil(t, "the worker runs the action again for the new scheduler", time.Second, func() bool {
+		started, _, _, _ := g.snapshot()
+		return len(started) == 2
+	})
+	if !g.hasStopped("a") {
+		t.Error("the action of the forgotten lease was not stopped")
+	}
+	g.open("a")
+	if got := string(o.wait(t).GetResult().GetStdoutRaw()); got != "a ran on w1" {
+		t.Errorf("result after the restart: %q", got)
+	}
+}
+
+// The long-poll keeps the session alive: minutes of (fake) time pass while an action runs, far
+// beyond the session expiry, and the lease is never lost.
+func TestLongPollKeepsSessionAlive(t *testing.T) {
+	e := newEnv(t, scheduler.Config{SessionExpiry: 20 * time.Second, NoRetries: true})
+	g := newGateExecutor("w1", "a")
+	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g)
+	o := e.execute(e.action("true", "a", 0))
+	eventually(t, "the action runs", func() bool { return g.hasStarted("a") })
+	start := e.clk.Now()
+	e.advanceUntil(t, "five minutes pass", 4*time.Second, func() bool { return e.clk.Now().Sub(start) >= 5*time.Minute })
+	if info := e.workerState("w1"); info.State != scheduler.WorkerServing || info.LeasesHeld != 1 {
+		t.Fatalf("after five minutes the scheduler sees %+v, want w1 serving with its lease", info)
+	}
+	g.open("a")
+	if got := string(o.wait(t).GetResult().GetStdoutRaw()); got != "a ran on w1" {
+		t.Errorf("result: %q", got)
+	}
+	if _, stopped, _, _ := g.snapshot(); len(stopped) != 0 {
+		t.Errorf("actions stopped: %v", stopped)
+	}
+}
