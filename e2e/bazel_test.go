@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // bazel4 and bazel2 locate the Bazel binaries installed by scripts/install-test-deps.sh.
@@ -50,6 +51,14 @@ type workspace struct {
 	home   string
 	rules  int
 	target string
+	sleep  time.Duration
+}
+
+// slowDown rewrites the workspace so every genrule first sleeps for d.
+func (w *workspace) slowDown(d time.Duration) {
+	w.t.Helper()
+	w.sleep = d
+	w.writeBuild()
 }
 
 // newWorkspace writes a workspace of n genrules: chains of ten, each link reading the previous
@@ -66,21 +75,8 @@ func newWorkspace(t *testing.T, bazel string, n int) *workspace {
 			t.Fatal(err)
 		}
 	}
-	var b strings.Builder
-	for i := 0; i < n; i++ {
-		if i%10 == 0 {
-			fmt.Fprintf(&b, "genrule(name = \"g%d\", srcs = [\"data.txt\"], outs = [\"out%d.txt\"], cmd = \"cat $(location data.txt) > $@ && echo rule %d >> $@ && mkdir -p sub && echo nested > sub/x && wc -c < $(location data.txt) >> $@\")\n", i, i, i)
-		} else {
-			fmt.Fprintf(&b, "genrule(name = \"g%d\", srcs = [\":g%d\"], outs = [\"out%d.txt\"], cmd = \"sha256sum < $(location :g%d) > $@ && echo rule %d >> $@\")\n", i, i-1, i, i-1, i)
-		}
-	}
-	b.WriteString("filegroup(name = \"everything\", srcs = [")
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&b, "\":g%d\", ", i)
-	}
-	b.WriteString("])\n")
+	w.writeBuild()
 	write(t, filepath.Join(w.dir, "WORKSPACE"), "")
-	write(t, filepath.Join(w.dir, "BUILD"), b.String())
 	write(t, filepath.Join(w.dir, "data.txt"), "input data for buildfleet\n")
 	t.Cleanup(func() {
 		cmd := exec.Command(w.bazel, "--output_user_root="+w.root, "shutdown")
@@ -92,6 +88,30 @@ func newWorkspace(t *testing.T, bazel string, n int) *workspace {
 		_ = exec.Command("chmod", "-R", "u+w", base).Run()
 	})
 	return w
+}
+
+// writeBuild writes the BUILD file: chains of ten genrules, each link reading the previous
+// output, and a filegroup over all of them.
+func (w *workspace) writeBuild() {
+	n := w.rules
+	pre := ""
+	if w.sleep > 0 {
+		pre = fmt.Sprintf("sleep %.3f && ", w.sleep.Seconds())
+	}
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		if i%10 == 0 {
+			fmt.Fprintf(&b, "genrule(name = \"g%d\", srcs = [\"data.txt\"], outs = [\"out%d.txt\"], cmd = \"%scat $(location data.txt) > $@ && echo rule %d >> $@ && mkdir -p sub && echo nested > sub/x && wc -c < $(location data.txt) >> $@\")\n", i, i, pre, i)
+		} else {
+			fmt.Fprintf(&b, "genrule(name = \"g%d\", srcs = [\":g%d\"], outs = [\"out%d.txt\"], cmd = \"%ssha256sum < $(location :g%d) > $@ && echo rule %d >> $@\")\n", i, i-1, i, pre, i-1, i)
+		}
+	}
+	b.WriteString("filegroup(name = \"everything\", srcs = [")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "\":g%d\", ", i)
+	}
+	b.WriteString("])\n")
+	write(w.t, filepath.Join(w.dir, "BUILD"), b.String())
 }
 
 func write(t *testing.T, path, content string) {

@@ -22,11 +22,10 @@ type gateExecutor struct {
 	peak    int
 	started []string
 	stopped []string
-	changed chan struct{}
 }
 
 func newGateExecutor(id string, gated ...string) *gateExecutor {
-	g := &gateExecutor{id: id, gates: map[string]chan struct{}{}, changed: make(chan struct{})}
+	g := &gateExecutor{id: id, gates: map[string]chan struct{}{}}
 	for _, s := range gated {
 		g.gates[s] = make(chan struct{})
 	}
@@ -41,12 +40,10 @@ func (g *gateExecutor) Run(ctx context.Context, d digest.Digest, a *repb.Action)
 	g.running++
 	g.peak = max(g.peak, g.running)
 	g.started = append(g.started, name)
-	g.notifyLocked()
 	g.mu.Unlock()
 	defer func() {
 		g.mu.Lock()
 		g.running--
-		g.notifyLocked()
 		g.mu.Unlock()
 	}()
 	if gate != nil {
@@ -63,11 +60,6 @@ func (g *gateExecutor) Run(ctx context.Context, d digest.Digest, a *repb.Action)
 		StdoutRaw:         []byte(name + " ran on " + g.id),
 		ExecutionMetadata: &repb.ExecutedActionMetadata{Worker: g.id},
 	}, nil
-}
-
-func (g *gateExecutor) notifyLocked() {
-	close(g.changed)
-	g.changed = make(chan struct{})
 }
 
 // open lets the gated action name finish.

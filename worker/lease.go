@@ -30,9 +30,8 @@ type lease struct {
 	result *anypb.Any
 	status *spb.Status
 
-	// running is true while the action's goroutine has not reported back.
-	running bool
-	cancel  context.CancelFunc
+	// cancel stops the action (nil when none was started).
+	cancel context.CancelFunc
 	// handedBack is true when the worker gave the lease back unfinished (drain or no room).
 	handedBack bool
 }

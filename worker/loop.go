@@ -210,7 +210,6 @@ func (l *loop) start(offered *rwpb.Lease) {
 	}
 	ctx, cancel := context.WithCancel(l.actionBase)
 	lz.cancel = cancel
-	lz.running = true
 	l.running++
 	lz.log.Info().Str("offered_state", offered.GetState().String()).Int("running", l.running).Msg("Lease accepted")
 	exec, cas, instance := l.w.exec, l.w.cas, l.cfg.InstanceName
@@ -232,7 +231,6 @@ func (l *loop) start(offered *rwpb.Lease) {
 func (l *loop) outcome(o outcome) {
 	l.running--
 	lz := o.l
-	lz.running = false
 	if l.leases[lz.id] != lz || lz.handedBack {
 		lz.log.Debug().Err(o.err).Msg("Action of a withdrawn or handed-back lease has stopped")
 		return
