@@ -104,3 +104,12 @@ func (b *botSession) workerState() string {
 		return WorkerUnavailable
 	}
 }
+
+// stopWaitingIfIdle marks the bot as no longer waiting for work once none of its calls is held.
+// A cancelled call can return after the bot's next call has started waiting; that one still
+// waits, so the mark stays.
+func (b *botSession) stopWaitingIfIdle() {
+	if b.calls == 0 {
+		b.waitingSince = time.Time{}
+	}
+}

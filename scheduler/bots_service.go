@@ -79,6 +79,11 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 	if req.Name != in.Name {
 		return nil, status.Errorf(codes.InvalidArgument, "UpdateBotSession: name %q does not match bot_session.name %q", req.Name, in.Name)
 	}
+	// A call its bot has already given up on carries a stale view of the bot's leases: applying
+	// it could make a running lease look unreported.
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
 	hold := s.holdFor(ctx)
 
 	s.enter()
@@ -89,12 +94,17 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 	}
 	b.calls++
 	reported := map[string]bool{}
+	// A finished lease (a result, a failure or a drain hand-back) is news: the bot waits for the
+	// reply that acknowledges it, so the call is answered at once.
+	news := false
 	for _, l := range in.Leases {
 		if l.State != rwpb.LeaseState_COMPLETED && l.State != rwpb.LeaseState_CANCELLED {
 			reported[l.Id] = true
+		} else {
+			news = true
 		}
 	}
-	news := s.applyStatusLocked(b, in)
+	news = s.applyStatusLocked(b, in) || news
 	completions := s.applyLeasesLocked(b, in.Leases)
 	if len(completions) > 0 {
 		news = true
@@ -116,7 +126,7 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 	for {
 		if b.gone {
 			b.calls--
-			b.waitingSince = time.Time{}
+			b.stopWaitingIfIdle()
 			s.leave()
 			return nil, status.Errorf(codes.FailedPrecondition, "Bot session %s was closed; open a new one", b.name)
 		}
@@ -125,7 +135,7 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 		}
 		if news || waited || hold <= 0 || s.closed {
 			b.calls--
-			b.waitingSince = time.Time{}
+			b.stopWaitingIfIdle()
 			reply := s.replyLocked(b)
 			s.leave()
 			return reply, nil
