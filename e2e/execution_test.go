@@ -63,7 +63,7 @@ func TestBazelSurvivesKilledWorker(t *testing.T) {
 	}()
 	// Wait until the victim is running actions, then kill it without warning.
 	deadline := time.Now().Add(90 * time.Second)
-	for !victim.logContains("lease started") {
+	for !victim.logContains("Lease accepted") {
 		if time.Now().After(deadline) {
 			t.Fatal("victim never started a lease")
 		}
