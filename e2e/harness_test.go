@@ -222,3 +222,6 @@ func startWorker(t *testing.T, s *scheduler, name string, args ...string) *proce
 	}, args...)
 	return start(t, name, filepath.Join(binDir, "worker"), nil, all...)
 }
+
+// sigterm is the signal the tests send to ask a process to stop.
+var sigterm = syscall.SIGTERM

@@ -168,6 +168,9 @@ func run(args []string) error {
 	logger.Info().Msg("shutting down: finishing in-flight RPCs")
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
+	// Held long-polls and Execute streams end now: workers keep their results and report them
+	// to the next scheduler, clients call WaitExecution on it. Uploads and reads finish.
+	sched.Close()
 	select {
 	case <-done:
 	case <-time.After(*shutdownGrace):
