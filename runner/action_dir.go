@@ -15,24 +15,41 @@ import (
 // actionDir is the private directory of one action: the input root the command runs in, and
 // its stdout and stderr beside it (out of the action's reach through relative paths). Close
 // removes it all.
+//
+// With an action user (owner), the input root and the directories created in it belong to
+// that user, while the action directory itself stays the worker's (mode 0711: the user may
+// pass through it but neither list it nor replace stdout and stderr, which the worker reads
+// back).
 type actionDir struct {
 	path   string
 	root   string
 	stdout string
 	stderr string
 	rootFD int
+	owner  *User
 }
 
-// newActionDir creates a fresh action directory under base.
-func newActionDir(base string) (*actionDir, error) {
+// newActionDir creates a fresh action directory under base, its input root owned by owner
+// when set.
+func newActionDir(base string, owner *User) (*actionDir, error) {
 	p, err := os.MkdirTemp(base, "a")
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "Failed to create action directory: %v", err)
 	}
-	d := &actionDir{path: p, root: filepath.Join(p, "root"), stdout: filepath.Join(p, "stdout"), stderr: filepath.Join(p, "stderr"), rootFD: -1}
+	d := &actionDir{path: p, root: filepath.Join(p, "root"), stdout: filepath.Join(p, "stdout"), stderr: filepath.Join(p, "stderr"), rootFD: -1, owner: owner}
 	if err := os.Mkdir(d.root, 0o755); err != nil {
 		d.Close()
 		return nil, status.Errorf(codes.Internal, "Failed to create action directory: %v", err)
+	}
+	if owner != nil {
+		if err := os.Chmod(p, 0o711); err != nil {
+			d.Close()
+			return nil, status.Errorf(codes.Internal, "Failed to create action directory: %v", err)
+		}
+		if err := os.Lchown(d.root, int(owner.UID), int(owner.GID)); err != nil {
+			d.Close()
+			return nil, status.Errorf(codes.Internal, "Failed to give the input root to the action user: %v", err)
+		}
 	}
 	fd, err := unix.Open(d.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -151,6 +168,9 @@ func (d *actionDir) mkdirAll(rel string) error {
 			return status.Errorf(codes.Internal, "Failed to create directory %q: %v", prefix, err)
 		}
 		err = unix.Mkdirat(pfd, parts[i], 0o755)
+		if err == nil && d.owner != nil {
+			err = unix.Fchownat(pfd, parts[i], int(d.owner.UID), int(d.owner.GID), unix.AT_SYMLINK_NOFOLLOW)
+		}
 		unix.Close(pfd)
 		if err != nil && err != unix.EEXIST {
 			if err == unix.ENOENT {

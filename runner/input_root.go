@@ -25,13 +25,19 @@ const maxInputNodes = 10_000_000
 
 // inputRoot materializes input roots: it fetches the Directory tree (remembering messages it
 // has seen), creates the directories, hardlinks files from the file cache (copying only across
-// file systems or past the link limit) and creates symlinks as given.
+// file systems or past the link limit) and creates symlinks as given, or refuses those that
+// may lead outside the input root unless allowEscapingSymlinks.
 type inputRoot struct {
 	cas         *casClient
 	files       *fileCache
 	messages    *messageCache
 	trees       singleflight.Group
 	concurrency int
+	// allowEscapingSymlinks lets input symlinks point anywhere (see checkSymlinkTarget).
+	allowEscapingSymlinks bool
+	// owner, when set, owns every directory created, so that an action running as that user
+	// may write in them.
+	owner *User
 }
 
 // fileJob is one input file to place.
@@ -50,8 +56,8 @@ func (m *inputRoot) materialize(ctx context.Context, ps *pinSet, root digest.Dig
 	}
 	var files []fileJob
 	nodes := 0
-	var walk func(d digest.Digest, path string) error
-	walk = func(d digest.Digest, path string) error {
+	var walk func(d digest.Digest, path, rel string) error
+	walk = func(d digest.Digest, path, rel string) error {
 		dir := dirs[d]
 		nodes += len(dir.GetFiles()) + len(dir.GetDirectories()) + len(dir.GetSymlinks())
 		if nodes > maxInputNodes {
@@ -62,6 +68,11 @@ func (m *inputRoot) materialize(ctx context.Context, ps *pinSet, root digest.Dig
 			files = append(files, fileJob{path: filepath.Join(path, f.GetName()), key: fileKey{digest: fd, executable: f.GetIsExecutable()}})
 		}
 		for _, s := range dir.GetSymlinks() {
+			if !m.allowEscapingSymlinks {
+				if err := checkSymlinkTarget(filepath.Join(rel, s.GetName()), s.GetTarget()); err != nil {
+					return err
+				}
+			}
 			if err := os.Symlink(s.GetTarget(), filepath.Join(path, s.GetName())); err != nil {
 				return status.Errorf(codes.Internal, "Failed to create input symlink %s: %v", s.GetName(), err)
 			}
@@ -72,13 +83,16 @@ func (m *inputRoot) materialize(ctx context.Context, ps *pinSet, root digest.Dig
 			if err := os.Mkdir(p, 0o755); err != nil {
 				return status.Errorf(codes.Internal, "Failed to create input directory %s: %v", sub.GetName(), err)
 			}
-			if err := walk(sd, p); err != nil {
+			if err := m.own(p); err != nil {
+				return err
+			}
+			if err := walk(sd, p, filepath.Join(rel, sub.GetName())); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	if err := walk(root, dst); err != nil {
+	if err := walk(root, dst, ""); err != nil {
 		return err
 	}
 
@@ -112,6 +126,17 @@ func (m *inputRoot) materialize(ctx context.Context, ps *pinSet, root digest.Dig
 		})
 	}
 	return g.Wait()
+}
+
+// own gives the directory at path to the action user, when there is one.
+func (m *inputRoot) own(path string) error {
+	if m.owner == nil {
+		return nil
+	}
+	if err := os.Lchown(path, int(m.owner.UID), int(m.owner.GID)); err != nil {
+		return status.Errorf(codes.Internal, "Failed to give input directory to the action user: %v", err)
+	}
+	return nil
 }
 
 // placeFile hardlinks the cache entry to f.path, or copies it when a link is impossible.

@@ -24,8 +24,11 @@ type botSession struct {
 	expireAt      time.Time
 	expireGen     uint64
 	drainingSince time.Time
-	goneAt        time.Time
-	gone          bool
+	// drain is what the bot last told of its drain (deadline, kind, reason) in its worker
+	// configs; zero when it is not draining or did not say.
+	drain  drainInfo
+	goneAt time.Time
+	gone   bool
 	// calls counts UpdateBotSession calls in progress; a session in a call never expires.
 	calls int
 	// waitingSince is set while a call is held waiting for work (zero otherwise).
@@ -81,14 +84,21 @@ func (b *botSession) leaseByID(id string) *lease {
 	return nil
 }
 
-// dropLease removes l from the session's current leases.
-func (b *botSession) dropLease(l *lease) {
+// dropLeaseLocked removes l from its session's current leases.
+func (s *Scheduler) dropLeaseLocked(b *botSession, l *lease) {
 	for i, o := range b.leases {
 		if o == l {
 			b.leases = append(b.leases[:i], b.leases[i+1:]...)
+			s.workersDirty = true
 			return
 		}
 	}
+}
+
+// addLeaseLocked adds l to the session's current leases.
+func (s *Scheduler) addLeaseLocked(b *botSession, l *lease) {
+	b.leases = append(b.leases, l)
+	s.workersDirty = true
 }
 
 // workerState is the coarse state used in the worker view and metrics.

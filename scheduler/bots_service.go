@@ -196,16 +196,15 @@ func (s *Scheduler) newSessionLocked(name string, in *rwpb.BotSession) *botSessi
 		lastSeen:  now,
 		wake:      make(chan struct{}),
 	}
-	if st == rwpb.BotStatus_BOT_TERMINATING {
-		b.drainingSince = now
-		s.m.drainNotices.Inc()
-	}
 	delete(s.gone, name)
 	s.sessions[name] = b
 	s.byBot[b.botID] = b
-	s.updateWorkerGaugesLocked()
+	s.workersDirty = true
 	s.log.Info().Str("bot_id", b.botID).Str("session", name).Int("capacity", b.capacity).
 		Str("status", st.String()).Msg("Bot session opened")
+	if st == rwpb.BotStatus_BOT_TERMINATING {
+		s.startDrainLocked(b, drainInfoOf(in.Worker), now)
+	}
 	return b
 }
 
@@ -241,7 +240,10 @@ func (s *Scheduler) applyStatusLocked(b *botSession, in *rwpb.BotSession) bool {
 		b.version = in.Version
 	}
 	if in.Worker != nil {
-		b.capacity = capacityOf(in.Worker)
+		if c := capacityOf(in.Worker); c != b.capacity {
+			b.capacity = c
+			s.workersDirty = true
+		}
 		if props := newBotProperties(in.Worker); !props.equal(b.props) {
 			b.props = props
 			b.matches = map[string]bool{}
@@ -250,19 +252,49 @@ func (s *Scheduler) applyStatusLocked(b *botSession, in *rwpb.BotSession) bool {
 	}
 	st := in.Status
 	if st == rwpb.BotStatus_BOT_STATUS_UNSPECIFIED || st == b.status {
+		if b.status == rwpb.BotStatus_BOT_TERMINATING && in.Worker != nil {
+			s.updateDrainLocked(b, drainInfoOf(in.Worker))
+		}
 		return false
 	}
 	s.log.Info().Str("bot_id", b.botID).Str("session", b.name).Str("from", b.status.String()).Str("to", st.String()).
 		Int("leases", len(b.leases)).Msg("Bot status changed")
+	b.status = st
+	s.workersDirty = true
 	if st == rwpb.BotStatus_BOT_TERMINATING && b.drainingSince.IsZero() {
-		b.drainingSince = now
-		s.m.drainNotices.Inc()
+		s.startDrainLocked(b, drainInfoOf(in.Worker), now)
 	} else if st == rwpb.BotStatus_OK {
 		b.drainingSince = time.Time{}
+		b.drain = drainInfo{}
 	}
-	b.status = st
-	s.updateWorkerGaugesLocked()
 	return true
+}
+
+// startDrainLocked records that bot b started draining at now, as d describes, counts the
+// notice and logs it.
+func (s *Scheduler) startDrainLocked(b *botSession, d drainInfo, now time.Time) {
+	b.drainingSince = now
+	b.drain = d
+	s.m.drainNotices.WithLabelValues(d.label()).Inc()
+	ev := s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
+		Str("kind", d.kind).Str("reason", d.reason)
+	if !d.deadline.IsZero() {
+		ev = ev.Time("deadline", d.deadline).Dur("in", d.deadline.Sub(now))
+	}
+	ev.Msg("Bot is draining (BOT_TERMINATING): no new leases for it")
+}
+
+// updateDrainLocked records a draining bot's report of its drain; a changed deadline is logged.
+func (s *Scheduler) updateDrainLocked(b *botSession, d drainInfo) {
+	if d == b.drain {
+		return
+	}
+	if !d.deadline.Equal(b.drain.deadline) {
+		s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Time("deadline", d.deadline).
+			Time("previous_deadline", b.drain.deadline).Str("kind", d.kind).Str("reason", d.reason).
+			Msg("Draining bot's deadline changed")
+	}
+	b.drain = d
 }
 
 // applyLeasesLocked applies the bot's lease reports. Results accepted are returned to be
@@ -286,7 +318,7 @@ func (s *Scheduler) applyLeasesLocked(b *botSession, reported []*rwpb.Lease) []*
 		op := l.op
 		switch rl.State {
 		case rwpb.LeaseState_COMPLETED:
-			b.dropLease(l)
+			s.dropLeaseLocked(b, l)
 			if c := s.leaseCompletedLocked(b, l, rl); c != nil {
 				cs = append(cs, c)
 			}
@@ -382,7 +414,7 @@ func (s *Scheduler) strayLeaseLocked(b *botSession, rl *rwpb.Lease) *completion 
 		}
 		ev.Msg("Late result of a requeued lease arrived first; accepting it")
 		if l.session != b {
-			l.session.dropLease(l)
+			s.dropLeaseLocked(l.session, l)
 		}
 		l.session = b
 		return s.acceptResultLocked(l, result, st)
@@ -392,7 +424,7 @@ func (s *Scheduler) strayLeaseLocked(b *botSession, rl *rwpb.Lease) *completion 
 		}
 		s.dequeueLocked(op)
 		l.session, l.revoked, l.acked, l.missed = b, false, true, 0
-		b.leases = append(b.leases, l)
+		s.addLeaseLocked(b, l)
 		op.lease = l
 		if rl.State == rwpb.LeaseState_ACTIVE {
 			l.active = true

@@ -69,6 +69,9 @@ func (s *Scheduler) acceptResultLocked(l *lease, result *repb.ActionResult, st *
 	}
 	ok := st.GetCode() == int32(codes.OK) && result.ExitCode == 0
 	s.m.leasesCompleted.Inc()
+	if l.session.workerState() == WorkerDraining {
+		s.m.drainFinished.Inc()
+	}
 	s.log.Info().Str("action_digest", op.action.String()).Str("lease_id", l.id).Str("bot_id", l.session.botID).
 		Str("operation", op.name).Int32("exit_code", result.ExitCode).Str("status", codes.Code(st.GetCode()).String()).
 		Msg("Action finished")

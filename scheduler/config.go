@@ -29,8 +29,9 @@ type Config struct {
 	// MaxQueuePerInstance bounds the number of queued actions per instance name; Execute
 	// beyond it fails with RESOURCE_EXHAUSTED. Default 100,000.
 	MaxQueuePerInstance int
-	// CompletedRetention is how long a finished operation stays answerable from memory (after
-	// that a WaitExecution on its name runs the action again). Default 15 min.
+	// CompletedRetention is how long a finished operation stays answerable from memory. After
+	// that a WaitExecution on its name is answered from the action cache (cached_result set)
+	// when the result is there, and runs the action again otherwise. Default 15 min.
 	CompletedRetention time.Duration
 	// GoneWorkerRetention is how long a closed bot session stays in the worker view.
 	// Default 10 min.

@@ -45,8 +45,9 @@ func (e *executionService) Execute(req *repb.ExecuteRequest, stream repb.Executi
 }
 
 // WaitExecution streams an operation by name. A well-formed name the scheduler does not know
-// (it restarted, or forgot the finished operation) is rebuilt from the Action in the CAS and
-// run again.
+// (it restarted, or forgot the finished operation) is answered from the action cache when the
+// action's result is there (cached_result set), and otherwise rebuilt from the Action in the
+// CAS and run again.
 func (e *executionService) WaitExecution(req *repb.WaitExecutionRequest, stream repb.Execution_WaitExecutionServer) error {
 	op, err := e.s.lookup(stream.Context(), req.Name)
 	if err != nil {
@@ -179,7 +180,12 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 	}
 	s.enter()
 	defer s.leave()
-	name := newOperationName(a.instance, a.action).String()
+	name := a.name
+	if name == "" {
+		name = newOperationName(a.instance, a.action).String()
+	} else if op := s.ops[name]; op != nil {
+		return op // rebuilt concurrently
+	}
 	op := &operation{
 		name:     name,
 		instance: a.instance,
@@ -193,8 +199,9 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 	return op
 }
 
-// lookup returns the operation named name, rebuilding a well-formed unknown one from the Action
-// in the CAS. A malformed name is INVALID_ARGUMENT; an unknown name whose Action is not in the
+// lookup returns the operation named name. A well-formed unknown one is answered from the
+// action cache when the action's result is there, and otherwise rebuilt from the Action in the
+// CAS. A malformed name is INVALID_ARGUMENT; an unknown name whose Action is not in the
 // CAS is NOT_FOUND. An unknown name whose inputs are missing or invalid gives a finished
 // operation carrying that error.
 func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error) {
@@ -214,6 +221,14 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 	}
 	if len(missing) > 0 {
 		return nil, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)
+	}
+	// An operation forgotten after CompletedRetention (or lost in a restart) usually finished:
+	// its result in the action cache answers it without running the action again.
+	known := admission{instance: n.instance, action: n.action, invocation: invocationOf(ctx), name: name}
+	if op := s.cacheLookup(ctx, known); op != nil {
+		s.log.Info().Str("action_digest", n.action.String()).Str("operation", name).
+			Msg("Answered an unknown operation from the action cache")
+		return op, nil
 	}
 	op, err = s.admit(ctx, admission{
 		instance:        n.instance,

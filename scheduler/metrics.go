@@ -22,8 +22,17 @@ type metrics struct {
 	leasesCompleted prometheus.Counter
 	leasesRequeued  *prometheus.CounterVec
 	actions         *prometheus.CounterVec
-	drainNotices    prometheus.Counter
+	drainNotices    *prometheus.CounterVec
+	drainFinished   prometheus.Counter
+	workerSlots     *prometheus.GaugeVec
 }
+
+// Slot states, the "state" label of buildfleet_scheduler_worker_slots.
+const (
+	slotBusy     = "busy"     // leases held by serving bots
+	slotIdle     = "idle"     // free capacity of serving bots: what new work can use at once
+	slotDraining = "draining" // leases still held by draining bots, soon to be freed or handed back
+)
 
 // newMetrics creates the collectors and registers them with reg (nil: not registered). A
 // collector already registered by an earlier scheduler on the same registerer is reused.
@@ -53,10 +62,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "buildfleet", Subsystem: "scheduler", Name: "actions_completed_total",
 			Help: "Finished actions by outcome (executed, cached, failed, cancelled); its rate is actions per second.",
 		}, []string{"outcome"}),
-		drainNotices: prometheus.NewCounter(prometheus.CounterOpts{
+		drainNotices: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "buildfleet", Subsystem: "scheduler", Name: "drain_notices_total",
-			Help: "Bots that reported BOT_TERMINATING.",
+			Help: "Bots that reported BOT_TERMINATING, by the kind of notice they gave in worker.configs[\"drain-kind\"] (spot-interruption, preemption, signal, …; unspecified when none).",
+		}, []string{"kind"}),
+		drainFinished: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "drain_actions_finished_total",
+			Help: "Action results accepted from bots while they were draining (work saved by draining rather than handed back).",
 		}),
+		workerSlots: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "worker_slots",
+			Help: "Action slots of live bots by state: busy (leases of serving bots), idle (free capacity of serving bots), draining (leases still held by draining bots).",
+		}, []string{"state"}),
 	}
 	if reg == nil {
 		return m
@@ -68,6 +85,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.leasesRequeued = register(reg, m.leasesRequeued)
 	m.actions = register(reg, m.actions)
 	m.drainNotices = register(reg, m.drainNotices)
+	m.drainFinished = register(reg, m.drainFinished)
+	m.workerSlots = register(reg, m.workerSlots)
 	return m
 }
 

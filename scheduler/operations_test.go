@@ -49,11 +49,27 @@ func TestRestartedSchedulerRebuildsOperationsFromTheirNames(t *testing.T) {
 		t.Fatal("rebuilt operation's result not cached")
 	}
 
-	// GetOperation on another unknown well-formed name also rebuilds and queues it.
+	// After a second restart the action's result is in the action cache: the name is answered
+	// from it instead of running the action again.
 	e.start(scheduler.Config{})
 	got, err = e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: op.Name})
-	if err != nil || got.Done || stageOf(t, got) != repb.ExecutionStage_QUEUED {
+	if err != nil || !got.Done || got.Name != op.Name {
 		t.Fatalf("GetOperation after a second restart: %v, %v", got, err)
+	}
+	if resp := responseOf(t, got); !resp.CachedResult || string(resp.Result.StdoutRaw) != "ok" {
+		t.Fatalf("response after a second restart %v, want the cached result", resp)
+	}
+	if _, reply := e.newBot("bot2", 2); len(reply.Leases) != 0 {
+		t.Fatalf("a cached operation was run again: %v", reply.Leases)
+	}
+
+	// An unknown name whose action has no cached result is rebuilt and queued.
+	other := e.putAction("never finished")
+	_, op2 := e.run("team/a", other)
+	e.start(scheduler.Config{})
+	got, err = e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: op2.Name})
+	if err != nil || got.Done || stageOf(t, got) != repb.ExecutionStage_QUEUED {
+		t.Fatalf("GetOperation of an unfinished action after a restart: %v, %v", got, err)
 	}
 }
 
@@ -184,10 +200,41 @@ func TestFinishedOperationsAreForgottenAfterRetention(t *testing.T) {
 	b.update(completed(t, reply.Leases[0].Id, &repb.ActionResult{}, codes.OK))
 	recvDone(t, s)
 	b.update()
+	failed := e.putAction("exit 3")
+	fs, fop := e.run("", failed)
+	reply = b.update()
+	b.update(completed(t, reply.Leases[0].Id, &repb.ActionResult{ExitCode: 3}, codes.OK))
+	recvDone(t, fs)
+	b.update()
+	handed := e.metric("buildfleet_scheduler_leases_handed_out_total")
 	e.clk.Advance(time.Minute)
-	// Forgotten: the name is rebuilt (and queued) rather than NOT_FOUND.
-	waitFor(t, "the operation to be forgotten", func() bool {
-		got, err := e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: op.Name})
-		return err == nil && !got.Done
-	})
+
+	// Forgotten: WaitExecution on the old name is answered from the action cache, not
+	// NOT_FOUND, and the action does not run again.
+	ws, err := e.exec.WaitExecution(e.ctx, &repb.WaitExecutionRequest{Name: op.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := recvDone(t, ws)
+	if resp := responseOf(t, done); done.Name != op.Name || !resp.CachedResult || resp.Status.GetCode() != 0 {
+		t.Fatalf("WaitExecution after retention: %v", done)
+	}
+	if reply := b.update(); len(reply.Leases) != 0 || e.metric("buildfleet_scheduler_leases_handed_out_total") != handed {
+		t.Fatalf("a forgotten but cached operation ran again: %v", reply.Leases)
+	}
+	if n := e.metric("buildfleet_scheduler_actions_completed_total", "outcome", "cached"); n != 1 {
+		t.Fatalf("actions_completed_total{cached} = %v", n)
+	}
+
+	// A failed action is not cached: its forgotten name is rebuilt and run again.
+	ws, err = e.exec.WaitExecution(e.ctx, &repb.WaitExecutionRequest{Name: fop.Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again := recv(t, ws); again.Done || again.Name != fop.Name {
+		t.Fatalf("WaitExecution of a forgotten failed action: %v", again)
+	}
+	if reply := b.update(); len(reply.Leases) != 1 || leaseAction(t, reply.Leases[0]) != failed {
+		t.Fatalf("forgotten failed action not run again: %v", reply.Leases)
+	}
 }

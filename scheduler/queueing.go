@@ -72,7 +72,7 @@ func (s *Scheduler) assignLocked(b *botSession) bool {
 func (s *Scheduler) leaseLocked(op *operation, b *botSession) {
 	now := s.clk.Now()
 	l := &lease{id: uuid.NewString(), op: op, session: b, assignedAt: now}
-	b.leases = append(b.leases, l)
+	s.addLeaseLocked(b, l)
 	s.leases[l.id] = l
 	op.leaseIDs = append(op.leaseIDs, l.id)
 	op.lease = l
@@ -88,7 +88,7 @@ func (s *Scheduler) leaseLocked(op *operation, b *botSession) {
 // queues the operation again. counts says whether this counts against the retry limit; past
 // the limit the operation fails with UNAVAILABLE.
 func (s *Scheduler) requeueLocked(l *lease, reason string, counts bool, cause string) {
-	l.session.dropLease(l)
+	s.dropLeaseLocked(l.session, l)
 	if l.revoked {
 		return
 	}
@@ -124,7 +124,7 @@ func (s *Scheduler) revokeLocked(op *operation) {
 	}
 	op.lease = nil
 	l.revoked = true
-	l.session.dropLease(l)
+	s.dropLeaseLocked(l.session, l)
 	l.session.wakeUp()
 }
 
@@ -144,7 +144,7 @@ func (s *Scheduler) closeSessionLocked(b *botSession, reason string) {
 	s.gone[b.name] = b
 	s.deadlines.add(deadline{at: b.goneAt.Add(s.cfg.GoneWorkerRetention), kind: goneRetention, session: b})
 	b.wakeUp()
-	s.updateWorkerGaugesLocked()
+	s.workersDirty = true
 	s.rescanUnmatchedLocked()
 }
 

@@ -51,6 +51,9 @@ type Scheduler struct {
 	// so that a late result can still be matched.
 	leases    map[string]*lease
 	deadlines deadlineHeap
+	// workersDirty is set when a bot's state, capacity or leases changed: leave then
+	// recomputes the worker gauges.
+	workersDirty bool
 
 	timer     clock.Timer
 	timerAt   time.Time
@@ -112,8 +115,12 @@ func (s *Scheduler) enter() {
 	s.enterLocked()
 }
 
-// leave arms the timer for the earliest deadline and unlocks the state.
+// leave updates the worker gauges if needed, arms the timer for the earliest deadline and
+// unlocks the state.
 func (s *Scheduler) leave() {
+	if s.workersDirty {
+		s.updateWorkerGaugesLocked()
+	}
 	s.armTimerLocked()
 	s.mu.Unlock()
 }
@@ -142,7 +149,7 @@ func (s *Scheduler) enterLocked() {
 		case goneRetention:
 			if b := d.session; s.gone[b.name] == b {
 				delete(s.gone, b.name)
-				s.updateWorkerGaugesLocked()
+				s.workersDirty = true
 			}
 		}
 	}
@@ -201,14 +208,30 @@ func (s *Scheduler) forgetOperationLocked(op *operation) {
 	}
 }
 
-// updateWorkerGaugesLocked recomputes the workers-by-state gauge.
+// updateWorkerGaugesLocked recomputes the workers-by-state and slots-by-state gauges.
 func (s *Scheduler) updateWorkerGaugesLocked() {
+	s.workersDirty = false
 	counts := map[string]float64{WorkerServing: 0, WorkerDraining: 0, WorkerUnavailable: 0, WorkerGone: 0}
+	slots := map[string]float64{slotBusy: 0, slotIdle: 0, slotDraining: 0}
 	for _, b := range s.sessions {
-		counts[b.workerState()]++
+		st := b.workerState()
+		counts[st]++
+		switch st {
+		case WorkerServing:
+			slots[slotBusy] += float64(len(b.leases))
+			slots[slotIdle] += float64(max(b.capacity-len(b.leases), 0))
+		case WorkerDraining:
+			slots[slotDraining] += float64(len(b.leases))
+		default:
+			// Unhealthy or initializing bots keep their leases but take no new ones.
+			slots[slotBusy] += float64(len(b.leases))
+		}
 	}
 	counts[WorkerGone] = float64(len(s.gone))
 	for st, n := range counts {
 		s.m.workers.WithLabelValues(st).Set(n)
+	}
+	for st, n := range slots {
+		s.m.workerSlots.WithLabelValues(st).Set(n)
 	}
 }

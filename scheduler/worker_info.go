@@ -43,6 +43,13 @@ type WorkerInfo struct {
 	ExpireTime time.Time
 	// DrainingSince is when the bot first reported BOT_TERMINATING, zero if it has not.
 	DrainingSince time.Time
+	// DrainDeadline is when a draining bot's machine goes away, as the bot reported it in
+	// worker.configs["drain-deadline"]; zero when not draining or not reported.
+	DrainDeadline time.Time
+	// DrainKind and DrainReason are what announced the drain (worker.configs["drain-kind"] and
+	// ["drain-reason"]), e.g. "spot-interruption" and "terminate".
+	DrainKind   string
+	DrainReason string
 	// GoneSince is when the session was closed, zero if it is live.
 	GoneSince time.Time
 	// LongPolling reports whether an UpdateBotSession call of the bot is being held waiting
@@ -68,6 +75,9 @@ func (s *Scheduler) Workers() []WorkerInfo {
 			LeasesHeld:    len(b.leases),
 			LastSeen:      b.lastSeen,
 			DrainingSince: b.drainingSince,
+			DrainDeadline: b.drain.deadline,
+			DrainKind:     b.drain.kind,
+			DrainReason:   b.drain.reason,
 			GoneSince:     b.goneAt,
 			LongPolling:   !b.waitingSince.IsZero(),
 		}

@@ -31,7 +31,9 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-"$BIN/scheduler" --listen="$LISTEN" --metrics-listen="$METRICS" --storage-dir="$DATA/scheduler" &
+# Each process gets its own session, so Ctrl-C reaches only this script, which stops the worker
+# first (it drains while the scheduler can still take its results) and the scheduler last.
+setsid "$BIN/scheduler" --listen="$LISTEN" --metrics-listen="$METRICS" --storage-dir="$DATA/scheduler" &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -fsS "http://$METRICS/healthz" >/dev/null 2>&1 && break
@@ -39,7 +41,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-"$BIN/worker" --scheduler="grpc://$LISTEN" --cloud=none \
+setsid "$BIN/worker" --scheduler="grpc://$LISTEN" --cloud=none \
   --cache-directory="$DATA/worker-cache" --append-only-caches-base-path="$CACHES" \
   --worker-id="local-$(hostname)" &
 pids+=($!)
