@@ -127,7 +127,7 @@ func (s *AWSSource) Watch(ctx context.Context, notices chan<- Notice) error {
 	out := newSender(notices)
 	defer out.close()
 	w := awsWatch{AWSSource: s, out: out, seen: map[string]bool{}, malformed: map[string]string{},
-		reach: reachability{log: s.log}}
+		spotSent: map[string]time.Time{}, reach: reachability{log: s.log}}
 	for {
 		wait := s.cfg.PollInterval
 		if err := w.poll(ctx); err != nil {
@@ -152,7 +152,9 @@ type awsWatch struct {
 	seen map[string]bool
 	// malformed holds the last unreadable body per path, so each is logged once.
 	malformed map[string]string
-	reach     reachability
+	// spotSent is the deadline of the last spot notice sent per action.
+	spotSent map[string]time.Time
+	reach    reachability
 }
 
 // poll reads the three notice paths once. It returns an error only when the service did not
@@ -257,6 +259,13 @@ func (w *awsWatch) spot(path, body string) (Notice, string, bool) {
 	if action == "" {
 		action = "unknown"
 	}
+	// The notice stays in IMDS until the instance goes. Some IMDS implementations (the metadata
+	// mock among them) stamp its time anew on every read, so a notice of the same action is sent
+	// again only when it brings the deadline forward.
+	if prev, ok := w.spotSent[action]; ok && !deadline.Before(prev) {
+		return Notice{}, "", false
+	}
+	w.spotSent[action] = deadline
 	n := Notice{Source: "aws", Kind: SpotInterruption, Reason: action, Deadline: deadline}
 	return n, "spot|" + doc.Action + "|" + doc.Time, true
 }

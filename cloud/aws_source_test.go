@@ -49,10 +49,18 @@ func TestAWSSourceSpotNoticeAfter404s(t *testing.T) {
 		t.Fatalf("notice = %+v, want %+v", got, want)
 	}
 
-	// The notice stays in IMDS: it is not sent again.
+	// The notice stays in IMDS: it is not sent again, nor when its time is stamped later (as
+	// the metadata mock does on every read).
 	step(t, clk, 2*time.Second)
+	f.set("spot/instance-action", `{"action": "stop", "time": "2026-03-04T05:08:13Z"}`)
 	step(t, clk, 2*time.Second)
 	noNotice(t, ch)
+	// An earlier time brings the deadline forward: sent again.
+	f.set("spot/instance-action", `{"action": "stop", "time": "2026-03-04T05:08:01Z"}`)
+	step(t, clk, 2*time.Second)
+	if got := recv(t, ch); !got.Deadline.Equal(time.Date(2026, 3, 4, 5, 8, 1, 0, time.UTC)) {
+		t.Fatalf("sooner notice = %+v", got)
+	}
 
 	puts, noToken, gets := f.stats()
 	if puts != 1 {
@@ -61,8 +69,8 @@ func TestAWSSourceSpotNoticeAfter404s(t *testing.T) {
 	if noToken != 0 {
 		t.Errorf("%d GETs without a token", noToken)
 	}
-	if gets[spotPath] != 5 {
-		t.Errorf("spot GETs = %d, want 5 (one per poll)", gets[spotPath])
+	if gets[spotPath] != 6 {
+		t.Errorf("spot GETs = %d, want 6 (one per poll)", gets[spotPath])
 	}
 }
 

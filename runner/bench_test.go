@@ -77,7 +77,7 @@ func BenchmarkMaterializeInputRoot10k(b *testing.B) {
 		b.Run("baseline", func(b *testing.B) {
 			total := timeLoop(b, func(dir string) error { return writeTree(dir, paths, inputs) })
 			reportMaterialize(b, total)
-			baselines.record(b, "cold", float64(total)/float64(b.N), "")
+			baselines.Record(b, "cold", float64(total)/float64(b.N), "")
 		})
 		b.Run("buildfleet", func(b *testing.B) {
 			var total time.Duration
@@ -92,7 +92,7 @@ func BenchmarkMaterializeInputRoot10k(b *testing.B) {
 			}
 			b.StopTimer()
 			reportMaterialize(b, total)
-			baselines.ratio(b, "cold", float64(total)/float64(b.N), "x-baseline")
+			baselines.Ratio(b, "cold", float64(total)/float64(b.N), "x-baseline")
 		})
 	})
 	b.Run("warm", func(b *testing.B) {
@@ -103,7 +103,7 @@ func BenchmarkMaterializeInputRoot10k(b *testing.B) {
 			}
 			total := timeLoop(b, func(dir string) error { return linkTree(src, dir, paths) })
 			reportMaterialize(b, total)
-			baselines.record(b, "warm", float64(total)/float64(b.N), "")
+			baselines.Record(b, "warm", float64(total)/float64(b.N), "")
 		})
 		b.Run("buildfleet", func(b *testing.B) {
 			r := benchRunner(b, conn, filepath.Join(b.TempDir(), "cache"))
@@ -120,7 +120,7 @@ func BenchmarkMaterializeInputRoot10k(b *testing.B) {
 				b.Fatalf("warm runs read %d blobs", n)
 			}
 			reportMaterialize(b, total)
-			baselines.ratio(b, "warm", float64(total)/float64(b.N), "x-baseline")
+			baselines.Ratio(b, "warm", float64(total)/float64(b.N), "x-baseline")
 		})
 	})
 }
@@ -156,9 +156,10 @@ func timeLoop(b *testing.B, fill func(dir string) error) time.Duration {
 
 // writeTree writes the files of inputs, in the order of paths, under dir.
 func writeTree(dir string, paths []string, inputs map[string]entry) error {
+	mkdir := dirMaker()
 	for _, p := range paths {
 		full := filepath.Join(dir, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		if err := mkdir(filepath.Dir(full)); err != nil {
 			return err
 		}
 		mode := os.FileMode(0o644)
@@ -174,9 +175,10 @@ func writeTree(dir string, paths []string, inputs map[string]entry) error {
 
 // linkTree hardlinks the files at paths under src to the same paths under dir.
 func linkTree(src, dir string, paths []string) error {
+	mkdir := dirMaker()
 	for _, p := range paths {
 		full := filepath.Join(dir, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+		if err := mkdir(filepath.Dir(full)); err != nil {
 			return err
 		}
 		if err := os.Link(filepath.Join(src, p), full); err != nil {
@@ -184,4 +186,17 @@ func linkTree(src, dir string, paths []string) error {
 		}
 	}
 	return nil
+}
+
+// dirMaker returns a function that creates a directory and its parents once, remembering the
+// last one so that a loop over sorted paths makes each directory a single time.
+func dirMaker() func(dir string) error {
+	last := ""
+	return func(dir string) error {
+		if dir == last {
+			return nil
+		}
+		last = dir
+		return os.MkdirAll(dir, 0o755)
+	}
 }

@@ -31,6 +31,7 @@ type process struct {
 	stderr  string
 	timeout time.Duration // Zero: none.
 	clock   clock.Clock
+	iso     isolation
 }
 
 // processResult is how a process ended.
@@ -40,7 +41,7 @@ type processResult struct {
 }
 
 // newProcess validates the command line and environment of cmd.
-func newProcess(cmd *repb.Command, dir, stdout, stderr string, timeout time.Duration, clk clock.Clock) (*process, error) {
+func newProcess(cmd *repb.Command, dir, stdout, stderr string, timeout time.Duration, clk clock.Clock, iso isolation) (*process, error) {
 	if len(cmd.GetArguments()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "Command has no arguments")
 	}
@@ -61,7 +62,7 @@ func newProcess(cmd *repb.Command, dir, stdout, stderr string, timeout time.Dura
 		seen[v.GetName()] = true
 		env = append(env, v.GetName()+"="+v.GetValue())
 	}
-	return &process{argv: cmd.GetArguments(), env: env, dir: dir, stdout: stdout, stderr: stderr, timeout: timeout, clock: clk}, nil
+	return &process{argv: cmd.GetArguments(), env: env, dir: dir, stdout: stdout, stderr: stderr, timeout: timeout, clock: clk, iso: iso}, nil
 }
 
 // lookPath resolves argv[0]: relative to the working directory when it contains a slash,
@@ -98,6 +99,44 @@ func (p *process) lookPath() (string, error) {
 	return "", status.Errorf(codes.InvalidArgument, "Failed to start command: %q not found in PATH %s", name, search)
 }
 
+// start starts the command at path, directly or under the sandbox init.
+func (p *process) start(path string, stdout, stderr *os.File) (*exec.Cmd, error) {
+	if p.iso.namespaces {
+		return p.startSandboxed(path, stdout, stderr)
+	}
+	cmd := &exec.Cmd{
+		Path:   path,
+		Args:   p.argv,
+		Env:    p.env, // Never nil: nothing is inherited from the worker.
+		Dir:    p.dir,
+		Stdout: stdout,
+		Stderr: stderr,
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	if u := p.iso.user; u != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: []uint32{}}
+	}
+	if err := cmd.Start(); err != nil {
+		var errno syscall.Errno
+		errors.As(err, &errno)
+		return nil, startError(p.argv[0], errno, err.Error())
+	}
+	return cmd, nil
+}
+
+// startError is the status of a command that could not be started: INVALID_ARGUMENT when the
+// action is at fault (no such file, not executable), INTERNAL otherwise.
+func startError(argv0 string, errno syscall.Errno, msg string) error {
+	switch errno {
+	case syscall.ENOENT, syscall.EACCES, syscall.ENOEXEC, syscall.ENOTDIR, syscall.EISDIR:
+		return status.Errorf(codes.InvalidArgument, "Failed to start command %q: %s", argv0, msg)
+	}
+	return status.Errorf(codes.Internal, "Failed to start command %q: %s", argv0, msg)
+}
+
 // run starts the process and waits for it to exit, for its timeout, or for ctx to end; in the
 // latter two cases its whole process group is killed. Processes it left behind in its group
 // are killed in every case. The error is INVALID_ARGUMENT when the command cannot be started,
@@ -117,24 +156,9 @@ func (p *process) run(ctx context.Context) (processResult, error) {
 		return processResult{}, status.Errorf(codes.Internal, "Failed to create stderr file: %v", err)
 	}
 	defer stderr.Close()
-	cmd := &exec.Cmd{
-		Path:   path,
-		Args:   p.argv,
-		Env:    p.env, // Never nil: nothing is inherited from the worker.
-		Dir:    p.dir,
-		Stdout: stdout,
-		Stderr: stderr,
-		SysProcAttr: &syscall.SysProcAttr{
-			Setpgid:   true,
-			Pdeathsig: syscall.SIGKILL,
-		},
-	}
-	if err := cmd.Start(); err != nil {
-		var errno syscall.Errno
-		if errors.As(err, &errno) && (errno == syscall.ENOENT || errno == syscall.EACCES || errno == syscall.ENOEXEC || errno == syscall.ENOTDIR || errno == syscall.EISDIR) {
-			return processResult{}, status.Errorf(codes.InvalidArgument, "Failed to start command %q: %v", p.argv[0], err)
-		}
-		return processResult{}, status.Errorf(codes.Internal, "Failed to start command %q: %v", p.argv[0], err)
+	cmd, err := p.start(path, stdout, stderr)
+	if err != nil {
+		return processResult{}, err
 	}
 	pgid := cmd.Process.Pid
 	killGroup := func() { _ = syscall.Kill(-pgid, syscall.SIGKILL) }

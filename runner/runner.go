@@ -59,6 +59,23 @@ type Config struct {
 	// (4 MiB when zero); it is lowered to the server's max_batch_total_size_bytes when
 	// GetCapabilities reports a smaller one.
 	MaxBatchSize int64
+	// RunAs, when set, is the unprivileged user commands run as (the worker must run as
+	// root). Input roots and the directories created in them belong to it; the file cache
+	// (CacheDir/files, mode 0700) and the worker's own files stay out of its reach. Concurrent
+	// actions share the user, so they are not isolated from one another. When nil, commands
+	// run as the worker's own user, which can then read everything the worker can.
+	RunAs *User
+	// Sandbox is the isolation of actions beyond their directory, process group and user
+	// (SandboxNone when zero). New fails when SandboxNamespaces cannot be set up here.
+	Sandbox Sandbox
+	// HidePaths are files and directories actions must not see, such as the worker's token
+	// file: under SandboxNamespaces they are covered (a directory by an empty tmpfs, a file by
+	// /dev/null) in the action's mount namespace. The file cache is always hidden there.
+	HidePaths []string
+	// AllowEscapingSymlinks lets input roots hold symlinks with absolute targets or targets
+	// that may resolve outside the input root; by default such an action fails with
+	// INVALID_ARGUMENT before it runs.
+	AllowEscapingSymlinks bool
 }
 
 // Runner runs actions. It is safe for concurrent use; concurrent actions share the file cache.
@@ -71,6 +88,7 @@ type Runner struct {
 	inputs   *inputRoot
 	commands *messageCache
 	actions  string
+	hide     []string
 	lock     *os.File
 }
 
@@ -98,10 +116,17 @@ func New(cfg Config, conn grpc.ClientConnInterface, clk clock.Clock, logger zero
 		return nil, status.Errorf(codes.InvalidArgument, "Runner: invalid cache directory: %v", err)
 	}
 	cfg.CacheDir = dir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if cfg.RunAs != nil && os.Geteuid() != 0 {
+		return nil, status.Errorf(codes.FailedPrecondition, "Running actions as user %s needs a worker running as root", cfg.RunAs)
+	}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return nil, status.Errorf(codes.Internal, "Failed to create cache directory: %v", err)
 	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	// Actions may pass through the cache directory to their own, but not list it.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, status.Errorf(codes.Internal, "Failed to protect the cache directory: %v", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "Failed to lock cache directory: %v", err)
 	}
@@ -125,15 +150,59 @@ func New(cfg Config, conn grpc.ClientConnInterface, clk clock.Clock, logger zero
 	if err := unix.Access(cfg.AppendOnlyCachesBase, unix.W_OK|unix.X_OK); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "Append-only caches base %s is not writable: %v", cfg.AppendOnlyCachesBase, err)
 	}
+	if u := cfg.RunAs; u != nil {
+		for _, p := range []string{r.actions, cfg.AppendOnlyCachesBase} {
+			if err := checkTraversable(p, *u); err != nil {
+				return nil, err
+			}
+		}
+		if err := os.Lchown(cfg.AppendOnlyCachesBase, int(u.UID), int(u.GID)); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "Failed to give the append-only caches base %s to user %s: %v", cfg.AppendOnlyCachesBase, u, err)
+		}
+	}
 	r.cas = newCASClient(conn, cfg.InstanceName, cfg.MaxBatchSize, cfg.FetchConcurrency)
-	r.files, err = newFileCache(filepath.Join(dir, "files"), cfg.MaxCacheSize, r.cas, cfg.FetchConcurrency, logger)
+	filesDir := filepath.Join(dir, "files")
+	r.files, err = newFileCache(filesDir, cfg.MaxCacheSize, r.cas, cfg.FetchConcurrency, logger)
 	if err != nil {
 		return nil, err
 	}
-	r.inputs = &inputRoot{cas: r.cas, files: r.files, messages: newMessageCache(messageCacheSize), concurrency: cfg.FetchConcurrency}
+	// Actions reach their inputs through hardlinks only, never the cache itself.
+	if err := os.Chmod(filesDir, 0o700); err != nil {
+		return nil, status.Errorf(codes.Internal, "Failed to protect the file cache: %v", err)
+	}
+	r.hide = append([]string{filesDir}, cfg.HidePaths...)
+	if cfg.Sandbox == SandboxNamespaces {
+		if err := probeSandbox(r.hide); err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "Linux namespaces (--sandbox=namespaces) are not available to this worker (it must run as root, in a kernel and container that allow new mount, PID and network namespaces and a fresh /proc): %v", err)
+		}
+	}
+	r.inputs = &inputRoot{cas: r.cas, files: r.files, messages: newMessageCache(messageCacheSize), concurrency: cfg.FetchConcurrency,
+		allowEscapingSymlinks: cfg.AllowEscapingSymlinks, owner: cfg.RunAs}
 	r.commands = newMessageCache(messageCacheSize / 8)
 	ok = true
 	return r, nil
+}
+
+// checkTraversable returns FAILED_PRECONDITION unless u may pass through every directory
+// above path (search permission), as it must to reach its action directory.
+func checkTraversable(path string, u User) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "Invalid path %s: %v", path, err)
+	}
+	for d := filepath.Dir(abs); ; d = filepath.Dir(d) {
+		var st unix.Stat_t
+		if err := unix.Stat(d, &st); err != nil {
+			return status.Errorf(codes.Internal, "Failed to check %s: %v", d, err)
+		}
+		ok := st.Mode&0o001 != 0 || st.Uid == u.UID && st.Mode&0o100 != 0 || st.Gid == u.GID && st.Mode&0o010 != 0
+		if !ok {
+			return status.Errorf(codes.FailedPrecondition, "User %s, which runs actions, cannot pass through %s (mode %04o): it must reach %s (chmod o+x %s)", u, d, st.Mode&0o7777, path, d)
+		}
+		if d == "/" {
+			return nil
+		}
+	}
 }
 
 // cleanActions removes every action directory, left behind by a worker that crashed.
@@ -149,8 +218,11 @@ func (r *Runner) cleanActions() error {
 		}
 		r.logger.Info().Str("path", p).Msg("Removed stale action directory")
 	}
-	if err := os.MkdirAll(r.actions, 0o755); err != nil {
+	if err := os.MkdirAll(r.actions, 0o711); err != nil {
 		return status.Errorf(codes.Internal, "Failed to create action directories: %v", err)
+	}
+	if err := os.Chmod(r.actions, 0o711); err != nil {
+		return status.Errorf(codes.Internal, "Failed to protect action directories: %v", err)
 	}
 	return nil
 }
@@ -226,7 +298,11 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 	if err != nil {
 		return nil, err
 	}
-	dir, err := newActionDir(r.actions)
+	iso := isolation{user: r.cfg.RunAs, namespaces: r.cfg.Sandbox == SandboxNamespaces, networkOff: wantsNetworkOff(action, cmd), hide: r.hide}
+	if iso.networkOff && !iso.namespaces {
+		return nil, status.Error(codes.InvalidArgument, "The action asks for network=off, but this worker runs actions without a sandbox (--sandbox=namespaces) and cannot turn the network off")
+	}
+	dir, err := newActionDir(r.actions, r.cfg.RunAs)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +311,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 			logger.Warn().Err(err).Str("path", dir.path).Msg("Failed to remove action directory")
 		}
 	}()
-	proc, err := newProcess(cmd, filepath.Join(dir.root, workDir), dir.stdout, dir.stderr, timeout, r.clock)
+	proc, err := newProcess(cmd, filepath.Join(dir.root, workDir), dir.stdout, dir.stderr, timeout, r.clock, iso)
 	if err != nil {
 		return nil, err
 	}

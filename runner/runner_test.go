@@ -298,7 +298,7 @@ func TestRunInvalidActions(t *testing.T) {
 		{"input named ..", shell(touch), map[string]entry{"../escape": {content: "x"}}, nil},
 		{"output parent through an input symlink leading outside", shell(touch, "link/sub/f"),
 			map[string]entry{"link": {symlink: canaryDir}},
-			status.New(codes.InvalidArgument, `Path "link" resolves outside the action directory`)},
+			status.New(codes.InvalidArgument, `Input symlink "link" has an absolute target "`+canaryDir+`", which escapes the input root (the worker allows only relative targets inside it)`)},
 		{"output through a symlink the action made", shell("rmdir out && ln -s "+canaryDir+" out", "out/canary"), nil,
 			status.New(codes.InvalidArgument, `Failed to collect output "out/canary": Path "out" resolves outside the action directory`)},
 		{"empty environment variable name", &repb.Command{Arguments: []string{"/bin/sh", "-c", touch},

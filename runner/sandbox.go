@@ -1,10 +1,18 @@
 package runner
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Sandbox is how actions are isolated from the worker's machine beyond their own directory,
@@ -74,4 +82,107 @@ type isolation struct {
 	namespaces bool     // Under the sandbox init, in new namespaces.
 	networkOff bool     // Also in a new network namespace (needs namespaces).
 	hide       []string // Directories hidden behind an empty tmpfs (needs namespaces).
+}
+
+// startSandboxed starts the command at path under the sandbox init, in new namespaces.
+func (p *process) startSandboxed(path string, stdout, stderr *os.File) (*exec.Cmd, error) {
+	cmd, errno, msg, err := startSandboxInit(sandboxConfig{
+		Path:       path,
+		Argv:       p.argv,
+		Env:        p.env,
+		Dir:        p.dir,
+		User:       p.iso.user,
+		NetworkOff: p.iso.networkOff,
+		Hide:       p.iso.hide,
+	}, stdout, stderr)
+	if err != nil {
+		return nil, err
+	}
+	if msg != "" {
+		if strings.HasPrefix(msg, "fork/exec ") {
+			return nil, startError(p.argv[0], errno, msg)
+		}
+		return nil, status.Errorf(codes.Internal, "Failed to set up the action's sandbox: %s", msg)
+	}
+	return cmd, nil
+}
+
+// startSandboxInit re-executes the worker binary as the sandbox init with cfg, in new mount,
+// PID, IPC and UTS namespaces (and network, for cfg.NetworkOff), in its own process group.
+// It returns once the init has started the command (the running init) or failed (errno and
+// message of its failure, the init reaped).
+func startSandboxInit(cfg sandboxConfig, stdout, stderr *os.File) (*exec.Cmd, syscall.Errno, string, error) {
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, 0, "", status.Errorf(codes.Internal, "Failed to start the action's sandbox: %v", err)
+	}
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, 0, "", status.Errorf(codes.Internal, "Failed to start the action's sandbox: %v", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		cfgR.Close()
+		cfgW.Close()
+		return nil, 0, "", status.Errorf(codes.Internal, "Failed to start the action's sandbox: %v", err)
+	}
+	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS)
+	if cfg.NetworkOff {
+		flags |= syscall.CLONE_NEWNET
+	}
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       []string{sandboxInitArg0},
+		Env:        []string{}, // The command's environment travels in cfg, untouched by the init.
+		Dir:        "/",
+		Stdout:     stdout,
+		Stderr:     stderr,
+		ExtraFiles: []*os.File{cfgR, errW},
+		SysProcAttr: &syscall.SysProcAttr{
+			Setpgid:    true,
+			Pdeathsig:  syscall.SIGKILL,
+			Cloneflags: flags,
+		},
+	}
+	err = cmd.Start()
+	cfgR.Close()
+	errW.Close()
+	if err != nil {
+		cfgW.Close()
+		errR.Close()
+		return nil, 0, "", status.Errorf(codes.Internal, "Failed to start the action's sandbox (Linux namespaces): %v", err)
+	}
+	go func() {
+		_, _ = cfgW.Write(data) // An init that died early is reported through errR.
+		cfgW.Close()
+	}()
+	failure, _ := io.ReadAll(errR)
+	errR.Close()
+	if len(failure) > 0 {
+		_ = cmd.Wait()
+		errno, msg := parseSandboxFailure(string(failure))
+		return nil, errno, msg, nil
+	}
+	return cmd, 0, "", nil
+}
+
+// probeSandbox sets up a complete sandbox (network off, cache hidden) once, without running
+// anything, and reports why it cannot be done.
+func probeSandbox(hide []string) error {
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer devNull.Close()
+	cmd, _, msg, err := startSandboxInit(sandboxConfig{NetworkOff: true, Hide: hide, Probe: true}, devNull, devNull)
+	if err != nil {
+		return err
+	}
+	if msg != "" {
+		return errors.New(msg)
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("the sandbox init failed: %v", err)
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -45,7 +46,7 @@ func init() {
 	}
 }
 
-// sandboxFailure is written to sandboxErrorFD as "ERRNO MESSAGE".
+// sandboxFail writes the failure to sandboxErrorFD as "ERRNO MESSAGE".
 func sandboxFail(errno syscall.Errno, format string, args ...any) int {
 	f := os.NewFile(sandboxErrorFD, "error")
 	fmt.Fprintf(f, "%d %s", int(errno), fmt.Sprintf(format, args...))
@@ -55,25 +56,8 @@ func sandboxFail(errno syscall.Errno, format string, args ...any) int {
 
 func errnoOf(err error) syscall.Errno {
 	var e syscall.Errno
-	if ok := asErrno(err, &e); ok {
-		return e
-	}
-	return 0
-}
-
-func asErrno(err error, e *syscall.Errno) bool {
-	for err != nil {
-		if x, ok := err.(syscall.Errno); ok {
-			*e = x
-			return true
-		}
-		u, ok := err.(interface{ Unwrap() error })
-		if !ok {
-			return false
-		}
-		err = u.Unwrap()
-	}
-	return false
+	errors.As(err, &e)
+	return e
 }
 
 // sandboxInit runs as PID 1 of the action's PID namespace: it makes the mounts private, mounts
@@ -101,7 +85,7 @@ func sandboxInit() int {
 		return sandboxFail(errnoOf(err), "mounting /proc: %v", err)
 	}
 	for _, h := range cfg.Hide {
-		if err := unix.Mount("tmpfs", h, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=000,size=4k"); err != nil {
+		if err := hide(h); err != nil {
 			return sandboxFail(errnoOf(err), "hiding %s: %v", h, err)
 		}
 	}
@@ -148,6 +132,25 @@ func sandboxInit() int {
 			return 127
 		}
 	}
+}
+
+// hide covers the directory or file at path: a directory with an empty read-only tmpfs, a
+// file with /dev/null. A path that does not exist is left alone.
+func hide(path string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return unix.Mount("tmpfs", path, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=000,size=4k")
+	}
+	if err := unix.Mount("/dev/null", path, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	return unix.Mount("", path, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
 }
 
 // loopbackUp sets the IFF_UP flag of "lo".

@@ -2,9 +2,11 @@ package runner
 
 import (
 	"fmt"
+	"os"
 	"os/user"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // User is the unprivileged identity actions run as (Config.RunAs): a user id, its primary
@@ -65,4 +67,23 @@ func ParseUser(spec string) (User, error) {
 		return User{}, fmt.Errorf("invalid user %q: actions must not run as root (uid 0); leave --run-as-user empty to run them as the worker's own user", spec)
 	}
 	return u, nil
+}
+
+// CheckUnreadable returns an error when u may read the file at path according to its owner,
+// group and mode (supplementary groups aside: actions run with none). The worker checks its
+// token file with it.
+func (u User) CheckUnreadable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("cannot read the owner of %s", path)
+	}
+	mode := fi.Mode().Perm()
+	if st.Uid == u.UID && mode&0o400 != 0 || st.Gid == u.GID && mode&0o040 != 0 || mode&0o004 != 0 {
+		return fmt.Errorf("%s (owner %d:%d, mode %04o) is readable by user %s, which runs actions: chmod 600 it, owned by the worker's user", path, st.Uid, st.Gid, mode, u)
+	}
+	return nil
 }

@@ -147,7 +147,9 @@ func TestDrainStory(t *testing.T) {
 
 	// The drained bot goes away without a word: its session expires and it shows as gone. It
 	// held nothing, so nothing is lost to expiry.
-	e.clk.Advance(21 * time.Second)
+	e.clk.Advance(15 * time.Second)
+	steady.update()
+	e.clk.Advance(6 * time.Second)
 	w = e.worker("spot")
 	if w.State != scheduler.WorkerGone || w.GoneSince.IsZero() {
 		t.Fatalf("drained bot after expiry %+v", w)

@@ -62,7 +62,7 @@ func BenchmarkByteStreamWrite(b *testing.B) {
 					b.StartTimer()
 				}
 				b.StopTimer()
-				baselines.record(b, key, nsPerOp(b), "")
+				baselines.Record(b, key, nsPerOp(b), "")
 			})
 			b.Run("buildfleet", func(b *testing.B) {
 				ctx := context.Background()
@@ -79,7 +79,7 @@ func BenchmarkByteStreamWrite(b *testing.B) {
 					}
 				}
 				b.StopTimer()
-				baselines.ratio(b, key, nsPerOp(b), "x-baseline")
+				baselines.Ratio(b, key, nsPerOp(b), "x-baseline")
 			})
 		})
 	}
@@ -143,7 +143,7 @@ func BenchmarkByteStreamRead(b *testing.B) {
 					}
 				}
 				b.StopTimer()
-				baselines.record(b, key, nsPerOp(b), "")
+				baselines.Record(b, key, nsPerOp(b), "")
 			})
 			b.Run("buildfleet", func(b *testing.B) {
 				ctx := context.Background()
@@ -168,7 +168,7 @@ func BenchmarkByteStreamRead(b *testing.B) {
 					}
 				}
 				b.StopTimer()
-				baselines.ratio(b, key, nsPerOp(b), "x-baseline")
+				baselines.Ratio(b, key, nsPerOp(b), "x-baseline")
 			})
 		})
 	}
@@ -237,7 +237,7 @@ func BenchmarkFindMissingBlobs10k(b *testing.B) {
 			}
 		}
 		b.StopTimer()
-		baselines.record(b, "findmissing", nsPerOp(b), "")
+		baselines.Record(b, "findmissing", nsPerOp(b), "")
 	})
 	b.Run("buildfleet", func(b *testing.B) {
 		ctx := context.Background()
@@ -248,7 +248,7 @@ func BenchmarkFindMissingBlobs10k(b *testing.B) {
 			}
 		}
 		b.StopTimer()
-		baselines.ratio(b, "findmissing", nsPerOp(b), "x-baseline")
+		baselines.Ratio(b, "findmissing", nsPerOp(b), "x-baseline")
 	})
 }
 
@@ -302,31 +302,31 @@ func BenchmarkGetActionResult(b *testing.B) {
 	}
 	b.Run("baseline", func(b *testing.B) {
 		req := &repb.GetCapabilitiesRequest{}
-		p50, p99 := latencies(b, func() error {
+		p50, p99 := benchLatencies(b, func() error {
 			_, err := e.caps.GetCapabilities(ctx, req)
 			return err
 		})
-		baselines.record(b, "getactionresult", nsPerOp(b), "")
-		baselines.record(b, "getactionresult-p50", p50, "p50-µs")
-		baselines.record(b, "getactionresult-p99", p99, "p99-µs")
+		baselines.Record(b, "getactionresult", nsPerOp(b), "")
+		baselines.Record(b, "getactionresult-p50", p50, "p50-µs")
+		baselines.Record(b, "getactionresult-p99", p99, "p99-µs")
 	})
 	b.Run("buildfleet", func(b *testing.B) {
 		req := &repb.GetActionResultRequest{ActionDigest: action.Proto()}
-		p50, p99 := latencies(b, func() error {
+		p50, p99 := benchLatencies(b, func() error {
 			_, err := e.acc.GetActionResult(ctx, req)
 			return err
 		})
 		b.ReportMetric(p50, "p50-µs")
 		b.ReportMetric(p99, "p99-µs")
-		baselines.ratio(b, "getactionresult", nsPerOp(b), "x-baseline")
-		baselines.ratio(b, "getactionresult-p50", p50, "p50-x-baseline")
-		baselines.ratio(b, "getactionresult-p99", p99, "p99-x-baseline")
+		baselines.Ratio(b, "getactionresult", nsPerOp(b), "x-baseline")
+		baselines.Ratio(b, "getactionresult-p50", p50, "p50-x-baseline")
+		baselines.Ratio(b, "getactionresult-p99", p99, "p99-x-baseline")
 	})
 }
 
-// latencies calls call b.N times, timing each, and returns the p50 and p99 in microseconds.
+// benchLatencies calls call b.N times, timing each, and returns the p50 and p99 in microseconds.
 // The timer is stopped when it returns.
-func latencies(b *testing.B, call func() error) (p50, p99 float64) {
+func benchLatencies(b *testing.B, call func() error) (p50, p99 float64) {
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

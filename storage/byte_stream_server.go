@@ -37,10 +37,12 @@ type byteStreamServer struct {
 	cas     BlobStore
 	uploads *uploadRegistry
 	logger  zerolog.Logger
+	opts    ServiceOptions
 }
 
 func newByteStreamServer(cas BlobStore, opts ServiceOptions) *byteStreamServer {
 	return &byteStreamServer{
+		opts:    opts,
 		cas:     cas,
 		uploads: newUploadRegistry(cas, opts.Clock, opts.UploadIdleTimeout),
 		logger:  opts.Logger.With().Str("component", "bytestream").Logger(),
@@ -197,6 +199,9 @@ func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
 		return err
 	}
 	d := rn.Digest
+	if err := b.opts.checkBlobSize(d); err != nil {
+		return err
+	}
 	if missing, err := b.cas.FindMissing(ctx, []digest.Digest{d}); err != nil {
 		return wrapError(err, codes.Internal, "Failed to write blob %s", d)
 	} else if len(missing) == 0 {

@@ -28,6 +28,7 @@ func (c *capabilitiesServer) GetCapabilities(ctx context.Context, req *repb.GetC
 			DigestFunctions:                 sha256,
 			ActionCacheUpdateCapabilities:   &repb.ActionCacheUpdateCapabilities{UpdateEnabled: true},
 			MaxBatchTotalSizeBytes:          c.opts.MaxBatchTotalSizeBytes,
+			MaxCasBlobSizeBytes:             c.opts.MaxBlobSizeBytes,
 			SymlinkAbsolutePathStrategy:     repb.SymlinkAbsolutePathStrategy_ALLOWED,
 			SupportedCompressors:            zstd,
 			SupportedBatchUpdateCompressors: zstd,

@@ -106,6 +106,9 @@ func (c *casServer) updateBlob(ctx context.Context, r *repb.BatchUpdateBlobsRequ
 	if err != nil {
 		return err
 	}
+	if err := c.opts.checkBlobSize(d); err != nil {
+		return err
+	}
 	data := r.GetData()
 	switch r.GetCompressor() {
 	case repb.Compressor_IDENTITY:

@@ -8,8 +8,11 @@ import (
 	"github.com/rs/zerolog"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/internal/digest"
 )
 
 // DefaultMaxBatchTotalSizeBytes is the default bound on the data of one BatchUpdateBlobs or
@@ -38,6 +41,18 @@ type ServiceOptions struct {
 	// UploadIdleTimeout is how long an interrupted ByteStream upload is kept for resumption
 	// (10 minutes when zero).
 	UploadIdleTimeout time.Duration
+	// MaxBlobSizeBytes is the largest blob ByteStream.Write and BatchUpdateBlobs accept (no
+	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.
+	// It is advertised as cache_capabilities.max_cas_blob_size_bytes.
+	MaxBlobSizeBytes int64
+}
+
+// checkBlobSize refuses a blob larger than MaxBlobSizeBytes.
+func (o ServiceOptions) checkBlobSize(d digest.Digest) error {
+	if o.MaxBlobSizeBytes > 0 && d.Size > o.MaxBlobSizeBytes {
+		return status.Errorf(codes.InvalidArgument, "Blob %s is %d bytes, more than the largest blob this server accepts (%d bytes, --max-blob-size)", d, d.Size, o.MaxBlobSizeBytes)
+	}
+	return nil
 }
 
 func (o ServiceOptions) withDefaults() ServiceOptions {

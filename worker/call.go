@@ -58,11 +58,39 @@ func (l *loop) session() *rwpb.BotSession {
 	}
 	if l.phase != serving {
 		s.Status = rwpb.BotStatus_BOT_TERMINATING
+		s.Worker = l.drainingWorker()
 	}
 	for _, lz := range l.sortedLeases() {
 		s.Leases = append(s.Leases, lz.proto())
 	}
 	return s
+}
+
+// Keys of worker.configs that tell the scheduler about the drain while the bot reports
+// BOT_TERMINATING (the buildfleet scheduler reads them; others ignore them):
+// "drain-deadline" is the deadline as RFC 3339, "drain-kind" the notice's kind (a cloud.Kind,
+// e.g. "spot-interruption") and "drain-reason" its detail (e.g. "terminate", "SIGTERM").
+const (
+	configDrainDeadline = "drain-deadline"
+	configDrainKind     = "drain-kind"
+	configDrainReason   = "drain-reason"
+)
+
+// drainingWorker returns the worker description with the drain keys added.
+func (l *loop) drainingWorker() *rwpb.Worker {
+	w := &rwpb.Worker{Devices: l.w.worker.Devices}
+	w.Configs = append(w.Configs, l.w.worker.Configs...)
+	add := func(k, v string) {
+		if v != "" {
+			w.Configs = append(w.Configs, &rwpb.Worker_Config{Key: k, Value: v})
+		}
+	}
+	if !l.deadline.IsZero() {
+		add(configDrainDeadline, l.deadline.UTC().Format(time.RFC3339Nano))
+	}
+	add(configDrainKind, string(l.drainNotice.Kind))
+	add(configDrainReason, l.drainNotice.Reason)
+	return w
 }
 
 func (l *loop) sortedLeases() []*lease {

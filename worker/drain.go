@@ -34,6 +34,7 @@ func (l *loop) notice(n cloud.Notice) {
 	}
 	if l.phase == serving {
 		l.phase = draining
+		l.drainNotice = n
 		l.version++
 		log.Warn().Time("deadline", deadline).Dur("in", deadline.Sub(now)).Int("leases", len(l.leases)).
 			Msg("Interruption notice: draining (BOT_TERMINATING, no new leases)")
@@ -61,6 +62,7 @@ func (l *loop) notice(n cloud.Notice) {
 	}
 	log.Warn().Time("deadline", deadline).Time("previous_deadline", l.deadline).Msg("Further notice brings the deadline forward")
 	l.setDeadline(deadline, now)
+	l.version++ // the scheduler hears the new deadline
 }
 
 // setDeadline plans the drain against deadline: running actions are stopped and handed back

@@ -95,6 +95,11 @@ func TestDrainFinishesShortActionsAndHandsBackLongOnes(t *testing.T) {
 		info := e.workerState("w1")
 		return info.State == scheduler.WorkerDraining && info.Status == "BOT_TERMINATING"
 	})
+	// The session carries the notice's deadline, kind and reason in worker.configs.
+	if info := e.workerState("w1"); !info.DrainDeadline.Equal(deadline) || info.DrainKind != "spot-interruption" || info.DrainReason != "terminate" {
+		t.Errorf("scheduler's view of the drain: deadline %v kind %q reason %q, want %v spot-interruption terminate",
+			info.DrainDeadline, info.DrainKind, info.DrainReason, deadline)
+	}
 
 	third := e.execute(e.action("true", "third", 0))
 	<-third.name // admitted and queued

@@ -84,7 +84,9 @@ type loop struct {
 	paceVersion uint64
 
 	// Drain state.
-	deadline         time.Time
+	deadline time.Time
+	// drainNotice is the notice that started the drain (its deadline is l.deadline).
+	drainNotice      cloud.Notice
 	stopTimer        clock.Timer
 	stopC            <-chan time.Time
 	finalTimer       clock.Timer

@@ -54,6 +54,9 @@ func run(args []string) error {
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
 	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
 	unmatchedTimeout := fs.Duration("unmatched-platform-timeout", 5*time.Minute, "how long an action no connected worker can run waits before failing")
+	maxBlob := bytesize.Size(10 << 30)
+	fs.Var(&maxBlob, "max-blob-size", "largest blob a client may upload (ByteStream.Write, BatchUpdateBlobs); larger ones fail with INVALID_ARGUMENT (e.g. 10G; 0: no limit)")
+	maxStreams := fs.Uint("max-concurrent-streams", 1000, "concurrent RPCs (HTTP/2 streams) one client connection may have open; more wait for a free one")
 	maxQueue := fs.Int("max-queue-per-instance", 100000, "queued actions per instance name beyond which Execute answers RESOURCE_EXHAUSTED")
 	shutdownGrace := fs.Duration("shutdown-grace", 10*time.Second, "how long SIGTERM waits for in-flight RPCs before closing them")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for TLS; clients then use grpcs://")
@@ -70,6 +73,12 @@ func run(args []string) error {
 		return err
 	}
 
+	if *maxStreams < 1 || *maxStreams > 1<<31 {
+		return fmt.Errorf("--max-concurrent-streams=%d: must be between 1 and 2^31", *maxStreams)
+	}
+	if maxBlob < 0 {
+		return fmt.Errorf("--max-blob-size=%s: must not be negative", maxBlob)
+	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
@@ -100,6 +109,7 @@ func run(args []string) error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes),
 		grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes),
+		grpc.MaxConcurrentStreams(uint32(*maxStreams)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
@@ -129,6 +139,7 @@ func run(args []string) error {
 		ExecutionEnabled:    true,
 		Logger:              logger,
 		ActionCacheWritable: authz.MayWriteActionCache,
+		MaxBlobSizeBytes:    int64(maxBlob),
 	})
 	sched.Register(srv)
 

@@ -16,8 +16,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"time"
 
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/buildfleet/buildfleet/auth"
 
 	"github.com/buildfleet/buildfleet/cloud"
 	"github.com/buildfleet/buildfleet/internal/bytesize"
@@ -38,6 +43,14 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	scheduler := fs.String("scheduler", "grpc://127.0.0.1:8980", "scheduler address: grpc://HOST:PORT or grpcs://HOST:PORT")
 	caCert := fs.String("tls-ca-cert", "", "PEM file of the CA certificates that verify a grpcs:// scheduler (default: system roots)")
+	clientCert := fs.String("tls-client-cert", "", "PEM client certificate for a scheduler requiring mutual TLS (with --tls-client-key)")
+	clientKey := fs.String("tls-client-key", "", "PEM private key of --tls-client-cert")
+	serverName := fs.String("tls-server-name", "", "name verified in the scheduler's certificate (default: the host of --scheduler)")
+	tokenFile := fs.String("auth-token-file", "", "file holding the worker token sent as 'authorization: Bearer TOKEN' (re-read when it changes; keep it mode 0600)")
+	tokenEnv := fs.String("auth-token-env-var-name", "", "environment variable holding the worker token (removed from the environment once read)")
+	runAs := fs.String("run-as-user", "", "unprivileged user actions run as, NAME|UID[:GROUP|GID], when the worker runs as root (default: the worker's own user)")
+	sandboxFlag := fs.String("sandbox", "none", "action isolation: none, or namespaces (new mount, PID, IPC, UTS namespaces; no network for network=off actions; needs root)")
+	allowEscaping := fs.Bool("allow-escaping-symlinks", false, "accept input symlinks with absolute targets or targets leading outside the input root (refused with INVALID_ARGUMENT otherwise)")
 	concurrency := fs.Int("worker-concurrency", runtime.NumCPU(), "actions run at once (advertised as the session's capacity)")
 	cacheDir := fs.String("cache-directory", "/var/cache/buildfleet-worker", "directory of the file cache and the action directories")
 	maxCache := bytesize.Size(30 << 30)
@@ -86,17 +99,66 @@ func run(args []string) error {
 		return err
 	}
 
-	conn, err := worker.Dial(*scheduler, *caCert)
+	sandbox, err := runner.ParseSandbox(*sandboxFlag)
+	if err != nil {
+		return fmt.Errorf("--sandbox: %v", err)
+	}
+	var actionUser *runner.User
+	if *runAs != "" {
+		u, err := runner.ParseUser(*runAs)
+		if err != nil {
+			return fmt.Errorf("--run-as-user: %v", err)
+		}
+		if os.Geteuid() != 0 {
+			return fmt.Errorf("--run-as-user=%s needs a worker running as root", *runAs)
+		}
+		if *tokenFile != "" {
+			if err := u.CheckUnreadable(*tokenFile); err != nil {
+				return fmt.Errorf("--auth-token-file: %v", err)
+			}
+		}
+		actionUser = &u
+	} else if os.Geteuid() == 0 {
+		logger.Warn().Msg("INSECURE: actions run as root, like the worker: they can read the worker's token, its cache and anything on this machine; set --run-as-user (e.g. nobody)")
+	}
+	if sandbox == runner.SandboxNamespaces {
+		props = addNetworkOffProperties(props)
+	}
+
+	addr, secure, err := worker.ParseSchedulerAddress(*scheduler)
+	if err != nil {
+		return fmt.Errorf("--scheduler: %w", err)
+	}
+	dialOpts, token, err := auth.ClientDialOptions(auth.ClientConfig{
+		Address: addr, Secure: secure,
+		CAFile: *caCert, CertFile: *clientCert, KeyFile: *clientKey, ServerName: *serverName,
+		TokenFile: *tokenFile, TokenEnvVar: *tokenEnv,
+	}, logger)
+	if err != nil {
+		return fmt.Errorf("--scheduler: %w", err)
+	}
+	conn, err := grpc.NewClient(addr, append(dialOpts,
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageSize), grpc.MaxCallSendMsgSize(maxMessageSize)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second, PermitWithoutStream: true}),
+	)...)
 	if err != nil {
 		return fmt.Errorf("--scheduler: %w", err)
 	}
 	defer conn.Close()
+	var hide []string
+	if *tokenFile != "" {
+		hide = append(hide, *tokenFile)
+	}
 	r, err := runner.New(runner.Config{
-		CacheDir:             *cacheDir,
-		MaxCacheSize:         int64(maxCache),
-		AppendOnlyCachesBase: *appendOnly,
-		InstanceName:         *instance,
-		WorkerID:             *workerID,
+		CacheDir:              *cacheDir,
+		MaxCacheSize:          int64(maxCache),
+		AppendOnlyCachesBase:  *appendOnly,
+		InstanceName:          *instance,
+		WorkerID:              *workerID,
+		RunAs:                 actionUser,
+		Sandbox:               sandbox,
+		HidePaths:             hide,
+		AllowEscapingSymlinks: *allowEscaping,
 	}, conn, clock.System, logger)
 	if err != nil {
 		return fmt.Errorf("starting the runner: %w", err)
@@ -124,9 +186,38 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	logger.Info().Str("scheduler", *scheduler).Str("cloud", sel.Cloud).Str("cache_directory", *cacheDir).Str("max_cache_size", maxCache.String()).
+	runAsLog := "worker's own user"
+	if actionUser != nil {
+		runAsLog = actionUser.String()
+	}
+	tokenID := ""
+	if token != nil {
+		tokenID = token.ID
+	}
+	logger.Info().Str("scheduler", *scheduler).Bool("tls", secure).Str("token_id", tokenID).Str("run_as", runAsLog).Str("sandbox", sandbox.String()).
+		Bool("allow_escaping_symlinks", *allowEscaping).Str("cloud", sel.Cloud).Str("cache_directory", *cacheDir).Str("max_cache_size", maxCache.String()).
 		Dur("drain_timeout", *drainTimeout).Dur("drain_safety_margin", *safetyMargin).Msg("Worker configured")
 	return w.Run(ctx, cloud.Watch(ctx, sources...))
+}
+
+// maxMessageSize is the gRPC message size the worker accepts and sends, as worker.Dial's:
+// CAS batches of 4 MiB of data plus their framing exceed gRPC's 4 MiB default.
+const maxMessageSize = 16 << 20
+
+// addNetworkOffProperties advertises runner.NetworkOffProperties, which a worker with a
+// namespace sandbox honours, unless the operator already set those keys.
+func addNetworkOffProperties(props []worker.Property) []worker.Property {
+	has := map[string]bool{}
+	for _, p := range props {
+		has[p.Key] = true
+	}
+	for _, kv := range runner.NetworkOffProperties {
+		p, _ := worker.ParseProperty(kv)
+		if !has[p.Key] {
+			props = append(props, p)
+		}
+	}
+	return props
 }
 
 // defaultWorkerID is the hostname followed by a random suffix, so that two workers on one host
