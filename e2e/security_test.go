@@ -26,17 +26,18 @@ const (
 
 // secureScheduler starts a scheduler with TLS and both token files: the CI token may read,
 // write and execute on every instance, the reader token only read.
-func secureScheduler(t *testing.T, pki testPKI, args ...string) *scheduler {
+func secureScheduler(t *testing.T, pki testPKI, tls bool, args ...string) *scheduler {
 	t.Helper()
 	dir := t.TempDir()
 	clients := filepath.Join(dir, "client-tokens")
 	write(t, clients, "# token instance-pattern permissions\n"+ciToken+" * read,write,execute\n"+readerToken+" * read\n")
 	workers := filepath.Join(dir, "worker-tokens")
 	write(t, workers, workerToken+"\n")
-	return startScheduler(t, "", append([]string{
-		"--tls-cert=" + pki.cert, "--tls-key=" + pki.key,
-		"--client-tokens-file=" + clients, "--worker-tokens-file=" + workers,
-	}, args...)...)
+	flags := []string{"--client-tokens-file=" + clients, "--worker-tokens-file=" + workers}
+	if tls {
+		flags = append(flags, "--tls-cert="+pki.cert, "--tls-key="+pki.key)
+	}
+	return startScheduler(t, "", append(flags, args...)...)
 }
 
 // isolationFlags returns the worker flags that run actions as nobody in namespaces, when the
@@ -48,14 +49,14 @@ func isolationFlags() []string {
 	return []string{"--run-as-user=nobody", "--sandbox=namespaces"}
 }
 
-// secureWorker is a worker reaching the scheduler over grpcs:// with a token, with its cache
+// secureWorker is a worker reaching the scheduler (over grpcs:// when pki is set) with a token, with its cache
 // and append-only caches in directories the action user can reach.
 type secureWorker struct {
 	*process
 	cache, appendOnly string
 }
 
-func startSecureWorker(t *testing.T, s *scheduler, pki testPKI, name string, env []string, args ...string) *secureWorker {
+func startSecureWorker(t *testing.T, s *scheduler, pki *testPKI, name string, env []string, args ...string) *secureWorker {
 	t.Helper()
 	base := t.TempDir()
 	for d := base; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
@@ -65,14 +66,16 @@ func startSecureWorker(t *testing.T, s *scheduler, pki testPKI, name string, env
 	}
 	w := &secureWorker{cache: filepath.Join(base, "cache"), appendOnly: filepath.Join(base, "append-only")}
 	all := append([]string{
-		"--scheduler=grpcs://" + s.addr,
-		"--tls-ca-cert=" + pki.ca,
+		"--scheduler=grpc://" + s.addr,
 		"--cache-directory=" + w.cache,
 		"--append-only-caches-base-path=" + w.appendOnly,
 		"--worker-id=" + name,
 		"--cloud=none",
 		"--worker-concurrency=4",
 	}, args...)
+	if pki != nil {
+		all = append(all, "--scheduler=grpcs://"+s.addr, "--tls-ca-cert="+pki.ca)
+	}
 	w.process = start(t, name, filepath.Join(binDir, "worker"), env, all...)
 	return w
 }
@@ -137,21 +140,59 @@ func TestSecuritySchedulerRefusesOpenRemoteListen(t *testing.T) {
 	}
 }
 
-// TestSecurityBazelOverTLSWithTokens builds with a real Bazel 4.2.3 over grpcs:// with a
-// bearer token; a wrong token and a read-only token fail, and a worker presenting a client
-// token never opens a session.
-func TestSecurityBazelOverTLSWithTokens(t *testing.T) {
-	bazel := bazel4(t)
+// TestSecurityBazel4WithTokens builds with a real Bazel 4.2.3 with a bearer token, all
+// actions remote; a wrong token and a read-only token fail, and a worker presenting a client
+// token never opens a session. It runs over plaintext loopback: Debian's bazel-bootstrap
+// 4.2.3 cannot open grpcs:// connections at all (its bundled Netty lacks the JDK ALPN
+// negotiator: "JDK provider does not support ALPN protocol"); TLS is covered with Bazel 2.1.0.
+func TestSecurityBazel4WithTokens(t *testing.T) { bazelWithTokens(t, bazel4(t), false) }
+
+// TestSecurityBazel2OverTLS builds with a real Bazel 2.1.0 over grpcs:// (--tls_certificate),
+// the worker too reaching the scheduler over grpcs://. Bazel 2.1.0 does not send
+// --remote_header on every call (not on GetCapabilities nor ByteStream), so it cannot use
+// tokens: the scheduler has none here.
+func TestSecurityBazel2OverTLS(t *testing.T) {
+	bazel := bazel2(t)
 	pki := newTestPKI(t)
-	s := secureScheduler(t, pki)
-	impostor := startSecureWorker(t, s, pki, "impostor", nil, "--auth-token-file="+tokenFile(t, ciToken))
-	startSecureWorker(t, s, pki, "w1", nil, append([]string{"--auth-token-file=" + tokenFile(t, workerToken)}, isolationFlags()...)...)
+	// No token files: TLS alone, on loopback.
+	s := startScheduler(t, "", "--tls-cert="+pki.cert, "--tls-key="+pki.key)
+	startSecureWorker(t, s, &pki, "w1", nil, isolationFlags()...)
+	w := newWorkspace(t, bazel, 20)
+	w.build("--spawn_strategy=local", "--genrule_strategy=local")
+	local := w.outputs()
+	w.clean()
+	counts := processCounts(t, w.build("--remote_executor=grpcs://"+s.addr, "--tls_certificate="+pki.ca, "--remote_instance_name=tls", "--jobs=16"))
+	if counts["remote"] != w.rules {
+		t.Fatalf("remote build over TLS: %v, want %d remote", counts, w.rules)
+	}
+	sameOutputs(t, local, w.outputs())
+	// Without the CA, Bazel cannot verify the scheduler.
+	w.clean()
+	out, err := w.run("build", "--color=no", "--curses=no", "--remote_executor=grpcs://"+s.addr, "--remote_instance_name=tls", w.target)
+	if err == nil {
+		t.Errorf("Bazel trusted the scheduler without its CA:\n%s", tail(out, 20))
+	}
+}
+
+// bazelWithTokens runs the token matrix with Bazel, over TLS when tls is set.
+func bazelWithTokens(t *testing.T, bazel string, tls bool) {
+	pki := newTestPKI(t)
+	s := secureScheduler(t, pki, tls)
+	var workerPKI *testPKI
+	if tls {
+		workerPKI = &pki
+	}
+	impostor := startSecureWorker(t, s, workerPKI, "impostor", nil, "--auth-token-file="+tokenFile(t, ciToken), "--drain-timeout=2s")
+	startSecureWorker(t, s, workerPKI, "w1", nil, append([]string{"--auth-token-file=" + tokenFile(t, workerToken)}, isolationFlags()...)...)
 	w := newWorkspace(t, bazel, 30)
 
 	w.build("--spawn_strategy=local", "--genrule_strategy=local")
 	local := w.outputs()
 	w.clean()
-	remote := []string{"--remote_executor=grpcs://" + s.addr, "--tls_certificate=" + pki.ca, "--remote_instance_name=secure", "--jobs=16"}
+	remote := []string{"--remote_executor=grpc://" + s.addr, "--remote_instance_name=secure", "--jobs=16"}
+	if tls {
+		remote = []string{"--remote_executor=grpcs://" + s.addr, "--tls_certificate=" + pki.ca, "--remote_instance_name=secure", "--jobs=16"}
+	}
 	counts := processCounts(t, w.build(append(remote, "--remote_header=Authorization=Bearer "+ciToken)...))
 	if counts["remote"] != w.rules {
 		t.Fatalf("remote build over TLS: %v, want %d remote", counts, w.rules)
@@ -197,7 +238,7 @@ func TestSecurityActionsSeeNoWorkerSecret(t *testing.T) {
 		t.Skip("end-to-end test skipped in -short mode")
 	}
 	pki := newTestPKI(t)
-	s := secureScheduler(t, pki)
+	s := secureScheduler(t, pki, true)
 	file := tokenFile(t, workerToken)
 	for _, tc := range []struct {
 		name string
@@ -208,7 +249,7 @@ func TestSecurityActionsSeeNoWorkerSecret(t *testing.T) {
 		{"token in file", nil, []string{"--auth-token-file=" + file}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w := startSecureWorker(t, s, pki, "w-"+strings.ReplaceAll(tc.name, " ", "-"), tc.env, append(tc.args, isolationFlags()...)...)
+			w := startSecureWorker(t, s, &pki, "w-"+strings.ReplaceAll(tc.name, " ", "-"), tc.env, append(tc.args, isolationFlags()...)...)
 			c := securePantsClient(t, s, pki, ciToken, "secrets")
 			script := `env; tr '\0' '\n' < /proc/self/environ; cat ` + file + `; ls -R ` + w.cache + `/files`
 			if os.Geteuid() == 0 {

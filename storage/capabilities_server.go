@@ -25,11 +25,12 @@ func (c *capabilitiesServer) GetCapabilities(ctx context.Context, req *repb.GetC
 	zstd := []repb.Compressor_Value{repb.Compressor_ZSTD}
 	return &repb.ServerCapabilities{
 		CacheCapabilities: &repb.CacheCapabilities{
-			DigestFunctions:                 sha256,
-			ActionCacheUpdateCapabilities:   &repb.ActionCacheUpdateCapabilities{UpdateEnabled: true},
-			MaxBatchTotalSizeBytes:          c.opts.MaxBatchTotalSizeBytes,
-			MaxCasBlobSizeBytes:             c.opts.MaxBlobSizeBytes,
-			SymlinkAbsolutePathStrategy:     repb.SymlinkAbsolutePathStrategy_ALLOWED,
+			DigestFunctions:               sha256,
+			ActionCacheUpdateCapabilities: &repb.ActionCacheUpdateCapabilities{UpdateEnabled: c.mayWrite(ctx, req.GetInstanceName())},
+			MaxBatchTotalSizeBytes:        c.opts.MaxBatchTotalSizeBytes,
+			MaxCasBlobSizeBytes:           c.opts.MaxBlobSizeBytes,
+			// Workers refuse input symlinks with absolute targets unless told otherwise.
+			SymlinkAbsolutePathStrategy:     repb.SymlinkAbsolutePathStrategy_DISALLOWED,
 			SupportedCompressors:            zstd,
 			SupportedBatchUpdateCompressors: zstd,
 		},
@@ -42,4 +43,10 @@ func (c *capabilitiesServer) GetCapabilities(ctx context.Context, req *repb.GetC
 		LowApiVersion:        &semver.SemVer{Major: 2, Minor: 0},
 		HighApiVersion:       &semver.SemVer{Major: 2, Minor: 3},
 	}, nil
+}
+
+// mayWrite tells the caller whether it may update the action cache of instance, as the
+// ActionCacheWritable hook decides (everyone when there is none).
+func (c *capabilitiesServer) mayWrite(ctx context.Context, instance string) bool {
+	return c.opts.ActionCacheWritable == nil || c.opts.ActionCacheWritable(ctx, instance)
 }

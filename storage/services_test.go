@@ -105,7 +105,7 @@ func TestGetCapabilities(t *testing.T) {
 	if cc.GetMaxBatchTotalSizeBytes() != storage.DefaultMaxBatchTotalSizeBytes {
 		t.Errorf("max_batch_total_size_bytes = %d", cc.GetMaxBatchTotalSizeBytes())
 	}
-	if cc.GetSymlinkAbsolutePathStrategy() != repb.SymlinkAbsolutePathStrategy_ALLOWED {
+	if cc.GetSymlinkAbsolutePathStrategy() != repb.SymlinkAbsolutePathStrategy_DISALLOWED {
 		t.Errorf("symlink strategy = %v", cc.GetSymlinkAbsolutePathStrategy())
 	}
 	if len(cc.GetSupportedCompressors()) != 1 || cc.GetSupportedCompressors()[0] != repb.Compressor_ZSTD ||
@@ -127,4 +127,19 @@ func TestGetCapabilities(t *testing.T) {
 	}
 	_, err = e2.caps.GetCapabilities(context.Background(), &repb.GetCapabilitiesRequest{InstanceName: "a/../b"})
 	wantStatus(t, err, codes.InvalidArgument, "")
+}
+
+func TestGetCapabilitiesTellsWhoMayUpdateTheActionCache(t *testing.T) {
+	e := newTestEnv(t, 1<<20, storage.ServiceOptions{
+		ActionCacheWritable: func(_ context.Context, instance string) bool { return instance == "ci" },
+	})
+	for instance, want := range map[string]bool{"ci": true, "laptops": false} {
+		caps, err := e.caps.GetCapabilities(context.Background(), &repb.GetCapabilitiesRequest{InstanceName: instance})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := caps.GetCacheCapabilities().GetActionCacheUpdateCapabilities().GetUpdateEnabled(); got != want {
+			t.Errorf("instance %q: update_enabled = %v, want %v", instance, got, want)
+		}
+	}
 }

@@ -170,17 +170,20 @@ func scenario(cfg benchConfig, aware bool) (figures, error) {
 	begin := time.Now()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	// One at a time into the queue, so that the queue order is the order above.
 	for _, ad := range digests {
 		wg.Add(1)
+		admitted := make(chan struct{})
 		go func() {
 			defer wg.Done()
-			if err := c.execute(ctx, ad); err != nil {
+			if err := c.execute(ctx, ad, admitted); err != nil {
 				mu.Lock()
 				f.failed++
 				mu.Unlock()
 				fmt.Fprintln(os.Stderr, "execution failed:", err)
 			}
 		}()
+		<-admitted
 	}
 	if err := waitFor(10*time.Second, func() bool {
 		return m.value("buildfleet_scheduler_worker_slots", `state="busy"`) == float64(cfg.concurrency)
@@ -317,7 +320,10 @@ func (c client) upload(ctx context.Context, m proto.Message) (*repb.Digest, erro
 
 // execute runs the action to the end, following the operation with WaitExecution when the
 // stream breaks, and fails unless it succeeded.
-func (c client) execute(ctx context.Context, ad *repb.Digest) error {
+// admitted is closed once the scheduler has answered the Execute (or it failed).
+func (c client) execute(ctx context.Context, ad *repb.Digest, admitted chan struct{}) error {
+	once := sync.OnceFunc(func() { close(admitted) })
+	defer once()
 	s, err := c.exec.Execute(ctx, &repb.ExecuteRequest{ActionDigest: ad, SkipCacheLookup: true})
 	if err != nil {
 		return err
@@ -338,6 +344,7 @@ func (c client) execute(ctx context.Context, ad *repb.Digest) error {
 			continue
 		}
 		name = op.Name
+		once()
 		if !op.Done {
 			continue
 		}
