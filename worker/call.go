@@ -180,6 +180,7 @@ func (l *loop) cancelCall() {
 func (l *loop) callDone(r callResult) {
 	l.call = nil
 	if r.err == nil {
+		l.lastCallFailed = false
 		l.accept(r.c, r.session)
 		return
 	}
@@ -210,7 +211,16 @@ func (l *loop) callDone(r callResult) {
 	if l.phase == draining {
 		d = min(d, drainMaxBackoff)
 	}
-	l.log.Warn().Err(r.err).Dur("retry_in", d).Int("leases", len(l.leases)).Msg("Cannot reach the scheduler; results are held until it answers")
+	l.lastCallFailed = true
+	switch code {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		// Retrying is right (the scheduler reloads its token files on SIGHUP), but the operator
+		// must see that this is a credentials problem, not a network one.
+		l.log.Error().Err(r.err).Dur("retry_in", d).
+			Msg("Scheduler refused this worker's credentials: check --auth-token-file / --auth-token-env-var-name (a worker token, not a client token)")
+	default:
+		l.log.Warn().Err(r.err).Dur("retry_in", d).Int("leases", len(l.leases)).Msg("Cannot reach the scheduler; results are held until it answers")
+	}
 	l.retryTimer, l.retryC = l.clk.NewTimer(d)
 }
 

@@ -267,3 +267,27 @@ func TestDrainKillsRealProcessAtStopPoint(t *testing.T) {
 		t.Errorf("handed-back action: %q, want it run on w2", got)
 	}
 }
+
+// A worker that holds nothing has nothing to hand back: when a notice comes while the
+// scheduler cannot be reached, it finishes its drain at once instead of waiting out the
+// deadline to be heard.
+func TestIdleDrainWithSchedulerDownEndsAtOnce(t *testing.T) {
+	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour})
+	g := newGateExecutor("w1")
+	comp := &fakeCompleter{e: e, id: "w1"}
+	w1 := e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1, Completer: comp}, g)
+	eventually(t, "the worker has a session", func() bool { return e.workerState("w1").BotID == "w1" })
+	e.down()
+	deadline := e.clk.Now().Add(30 * time.Second)
+	w1.notices <- cloud.Notice{Source: "signal", Kind: cloud.Signal, Reason: "SIGTERM", Deadline: deadline}
+	e.advanceUntil(t, "the worker drained", 100*time.Millisecond, w1.returned)
+	if err := w1.result(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if !e.clk.Now().Before(deadline.Add(-5 * time.Second)) {
+		t.Errorf("drain ended at %v, want well before the deadline %v", e.clk.Now(), deadline)
+	}
+	if _, completes, _ := comp.counts(); completes != 1 {
+		t.Errorf("platform told %d times, want 1", completes)
+	}
+}

@@ -94,6 +94,9 @@ type loop struct {
 	hbTicker         clock.Ticker
 	hbC              <-chan time.Time
 	terminatingAcked bool
+	// lastCallFailed is true while the last call to the scheduler failed (it is unreachable or
+	// refused the call).
+	lastCallFailed bool
 }
 
 func newLoop(w *Worker) *loop {
@@ -276,9 +279,11 @@ func (l *loop) active() int {
 }
 
 // drained reports whether a drain is complete: no action running, every result and
-// hand-back acknowledged, and BOT_TERMINATING heard by the scheduler.
+// hand-back acknowledged, and BOT_TERMINATING heard by the scheduler. A worker that holds
+// nothing has nothing to lose: when the scheduler cannot be reached it need not wait to be
+// heard.
 func (l *loop) drained() bool {
-	return l.phase == draining && l.running == 0 && len(l.leases) == 0 && l.terminatingAcked
+	return l.phase == draining && l.running == 0 && len(l.leases) == 0 && (l.terminatingAcked || l.lastCallFailed)
 }
 
 // waitActions waits until every action goroutine has reported back. Their contexts must have

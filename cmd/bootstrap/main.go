@@ -33,7 +33,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "bootstrap: %v\n", err)
 		return 2
 	}
-	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).With().Timestamp().Str("component", "bootstrap").Logger()
+	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).With().Timestamp().Str("service", "bootstrap").Logger()
 	deps := bootstrap.SystemDependencies("buildfleet-bootstrap")
 	deps.Out = stdout
 	b, err := bootstrap.New(config, deps, logger)

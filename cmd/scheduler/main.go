@@ -83,7 +83,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
 	}
-	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("component", "scheduler").Logger()
+	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
 	cas, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)

@@ -80,7 +80,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
 	}
-	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("component", "worker").Logger()
+	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "worker").Logger()
 	if *workerID == "" {
 		*workerID = defaultWorkerID()
 	}
