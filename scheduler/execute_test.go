@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,8 +158,11 @@ func TestSkipCacheLookup(t *testing.T) {
 	// A hit whose outputs were evicted from the CAS is not a hit.
 	e.cas.delete(out)
 	s3 := e.execute(&repb.ExecuteRequest{InstanceName: "ci", ActionDigest: d.Proto()})
-	if op3 := recv(t, s3); op3.Done || op3.Name != op.Name {
-		t.Fatalf("hit with missing outputs: %v, want to join %s", op3, op.Name)
+	if op3 := recv(t, s3); op3.Done || stageOf(t, op3) != repb.ExecutionStage_QUEUED {
+		t.Fatalf("hit with missing outputs: %v, want to join the queued %s", op3, op.Name)
+	}
+	if n := e.metric("buildfleet_scheduler_queue_depth", "platform", "default"); n != 1 {
+		t.Fatalf("queue depth %v, want 1: the miss joins the action in flight", n)
 	}
 	_ = s2
 }
@@ -168,8 +172,13 @@ func TestIdenticalActionsInFlightAreMerged(t *testing.T) {
 	d := e.putAction("once")
 	s1, op1 := e.run("", d)
 	s2, op2 := e.run("", d)
-	if op1.Name != op2.Name {
-		t.Fatalf("second Execute got %s, want to join %s", op2.Name, op1.Name)
+	// The second client joins under a name of its own (so its cancel is its own), naming the
+	// same action.
+	if op1.Name == op2.Name || !strings.HasSuffix(op2.Name, d.Hash+"-"+strconv.FormatInt(d.Size, 10)) {
+		t.Fatalf("second Execute got %s, first %s", op2.Name, op1.Name)
+	}
+	if n := e.metric("buildfleet_scheduler_queue_depth", "platform", "default"); n != 1 {
+		t.Fatalf("queue depth %v after two identical Executes, want 1", n)
 	}
 	// Same digest in another instance is another action.
 	_, op3 := e.run("other", d)

@@ -31,7 +31,7 @@ func (e *executionService) Execute(req *repb.ExecuteRequest, stream repb.Executi
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "Invalid action digest: %s", status.Convert(err).Message())
 	}
-	op, err := s.admit(ctx, admission{
+	op, name, err := s.admit(ctx, admission{
 		instance:        req.InstanceName,
 		action:          d,
 		skipCacheLookup: req.SkipCacheLookup,
@@ -41,7 +41,7 @@ func (e *executionService) Execute(req *repb.ExecuteRequest, stream repb.Executi
 	if err != nil {
 		return err
 	}
-	return s.watch(ctx, op, op.name, stream.Send)
+	return s.watch(ctx, op, name, stream.Send)
 }
 
 // WaitExecution streams an operation by name. A well-formed name the scheduler does not know
@@ -67,27 +67,32 @@ type admission struct {
 	name string
 }
 
-// admit returns the operation that runs a: the in-flight one it joins, a finished one for an
-// action cache hit, or a new queued one once the action and its inputs are checked.
-func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, error) {
+// admit returns the operation that runs a, and the name this request watches it by: the
+// in-flight one it joins (under a name of its own, so that one client's CancelOperation does not
+// cancel the others), a finished one for an action cache hit, or a new queued one once the
+// action and its inputs are checked.
+func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string, error) {
 	key := actionKey{a.instance, a.action}
 	if a.name == "" {
 		s.enter()
 		op := s.inFlight[key]
+		var name string
+		if op != nil {
+			name = s.joinLocked(op)
+		}
 		s.leave()
 		if op != nil {
-			s.log.Debug().Str("action_digest", a.action.String()).Str("operation", op.name).Msg("Joined the identical action in flight")
-			return op, nil
+			return op, name, nil
 		}
 	}
 	if !a.skipCacheLookup {
 		if op := s.cacheLookup(ctx, a); op != nil {
-			return op, nil
+			return op, op.name, nil
 		}
 	}
 	checked, err := s.checkAction(ctx, a.action)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	plat := checked.action.Platform
 	if len(plat.GetProperties()) == 0 {
@@ -97,11 +102,11 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, error) 
 	s.enter()
 	defer s.leave()
 	if s.closed {
-		return nil, status.Error(codes.Unavailable, "Scheduler is shutting down")
+		return nil, "", status.Error(codes.Unavailable, "Scheduler is shutting down")
 	}
 	if a.name != "" {
 		if op := s.ops[a.name]; op != nil {
-			return op, nil // rebuilt concurrently
+			return op, a.name, nil // rebuilt concurrently
 		}
 	}
 	doNotCache := checked.action.DoNotCache
@@ -110,12 +115,13 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, error) 
 			if a.name != "" {
 				s.ops[a.name] = op
 				op.names = append(op.names, a.name)
+				return op, a.name, nil
 			}
-			return op, nil
+			return op, s.joinLocked(op), nil
 		}
 	}
 	if n := s.queue.instanceLength(a.instance); n >= s.cfg.MaxQueuePerInstance {
-		return nil, status.Errorf(codes.ResourceExhausted, "Queue of instance %q is full (%d actions)", a.instance, n)
+		return nil, "", status.Errorf(codes.ResourceExhausted, "Queue of instance %q is full (%d actions)", a.instance, n)
 	}
 	name := a.name
 	if name == "" {
@@ -143,7 +149,17 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, error) 
 	s.log.Info().Str("action_digest", a.action.String()).Str("operation", name).Str("platform", op.platform.label()).
 		Str("invocation", a.invocation).Msg("Action queued")
 	s.enqueueLocked(op)
-	return op, nil
+	return op, name, nil
+}
+
+// joinLocked gives a client joining the in-flight operation op a name of its own and returns it.
+func (s *Scheduler) joinLocked(op *operation) string {
+	name := newOperationName(op.instance, op.action).String()
+	s.ops[name] = op
+	op.names = append(op.names, name)
+	s.log.Debug().Str("action_digest", op.action.String()).Str("operation", op.name).Str("joined_as", name).
+		Msg("Joined the identical action in flight")
+	return name
 }
 
 // cacheLookup returns a finished operation for an action cache hit whose outputs are all still
@@ -230,7 +246,7 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 			Msg("Answered an unknown operation from the action cache")
 		return op, nil
 	}
-	op, err = s.admit(ctx, admission{
+	op, _, err = s.admit(ctx, admission{
 		instance:        n.instance,
 		action:          n.action,
 		skipCacheLookup: true,
@@ -260,7 +276,7 @@ func (s *Scheduler) watch(ctx context.Context, op *operation, name string, send 
 	for {
 		s.mu.Lock()
 		p := op.proto(name)
-		ch, done := op.changed, op.done
+		ch, done := op.changed, op.done || op.cancelled[name]
 		s.mu.Unlock()
 		if err := send(p); err != nil {
 			return err

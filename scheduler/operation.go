@@ -6,6 +6,7 @@ import (
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
@@ -53,6 +54,9 @@ type operation struct {
 	// names are all names mapped to this operation; leaseIDs all leases ever issued for it.
 	names    []string
 	leaseIDs []string
+	// cancelled holds the names whose client called CancelOperation while others still watch:
+	// the execution goes on for them, and the cancelled names read as done with CANCELLED.
+	cancelled map[string]bool
 }
 
 // queued reports whether the operation waits in the queue.
@@ -77,6 +81,9 @@ func (op *operation) proto(name string) *longrunningpb.Operation {
 	})
 	p := &longrunningpb.Operation{Name: name, Metadata: md, Done: op.done}
 	switch {
+	case !op.done && op.cancelled[name]:
+		p.Done = true
+		p.Result = &longrunningpb.Operation_Error{Error: &spb.Status{Code: int32(codes.Canceled), Message: "Operation " + name + " was cancelled"}}
 	case op.err != nil:
 		p.Result = &longrunningpb.Operation_Error{Error: op.err}
 	case op.response != nil:
@@ -84,4 +91,19 @@ func (op *operation) proto(name string) *longrunningpb.Operation {
 		p.Result = &longrunningpb.Operation_Response{Response: resp}
 	}
 	return p
+}
+
+// cancelName records that the client watching op by name cancelled it, and reports whether
+// every name of op is now cancelled (so the execution itself should stop).
+func (op *operation) cancelName(name string) bool {
+	if op.cancelled == nil {
+		op.cancelled = map[string]bool{}
+	}
+	op.cancelled[name] = true
+	for _, n := range op.names {
+		if !op.cancelled[n] {
+			return false
+		}
+	}
+	return true
 }

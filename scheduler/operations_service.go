@@ -68,8 +68,10 @@ func (o *operationsService) WaitOperation(ctx context.Context, req *longrunningp
 }
 
 // CancelOperation cancels a queued or running operation: it leaves the queue, or its lease
-// vanishes from the bot's next reply, and it finishes with CANCELLED. Cancelling a finished or
-// unknown (well-formed) operation does nothing.
+// vanishes from the bot's next reply, and it finishes with CANCELLED. When other clients joined
+// the same execution under names of their own, only this name ends (CANCELLED) and the
+// execution goes on for them. Cancelling a finished or unknown (well-formed) operation does
+// nothing.
 func (o *operationsService) CancelOperation(ctx context.Context, req *longrunningpb.CancelOperationRequest) (*emptypb.Empty, error) {
 	s := o.s
 	s.enter()
@@ -79,6 +81,16 @@ func (o *operationsService) CancelOperation(ctx context.Context, req *longrunnin
 		if _, err := parseOperationName(req.Name); err != nil {
 			return nil, err
 		}
+		return &emptypb.Empty{}, nil
+	}
+	if op.done || op.finishing {
+		return &emptypb.Empty{}, nil
+	}
+	if !op.cancelName(req.Name) {
+		// Other clients joined this execution: it goes on for them.
+		s.log.Info().Str("action_digest", op.action.String()).Str("operation", req.Name).
+			Msg("Operation cancelled by one of its clients; the execution goes on for the others")
+		op.notify()
 		return &emptypb.Empty{}, nil
 	}
 	s.log.Info().Str("action_digest", op.action.String()).Str("operation", req.Name).Msg("Operation cancelled by the client")

@@ -238,3 +238,54 @@ func TestFinishedOperationsAreForgottenAfterRetention(t *testing.T) {
 		t.Fatalf("forgotten failed action not run again: %v", reply.Leases)
 	}
 }
+
+// Two clients joined one execution: the first one's CancelOperation ends only its own name;
+// the action runs on for the second, and stops once the second cancels too.
+func TestCancelOfOneJoinedClientLeavesTheOthers(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	d := e.putAction("shared by two builds")
+	s1, op1 := e.run("", d)
+	s2, op2 := e.run("", d)
+	b, reply := e.newBot("bot", 1)
+	if len(reply.Leases) != 1 {
+		t.Fatalf("got %d leases for two joined clients, want 1", len(reply.Leases))
+	}
+	id := reply.Leases[0].Id
+	b.update(active(id))
+
+	if _, err := e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: op1.Name}); err != nil {
+		t.Fatal(err)
+	}
+	if done := recvDone(t, s1); done.GetError().GetCode() != int32(codes.Canceled) || done.Name != op1.Name {
+		t.Fatalf("cancelling client's operation %v", done)
+	}
+	if r := b.update(active(id)); len(r.Leases) != 1 {
+		t.Fatalf("lease withdrawn although another client still waits: %v", r.Leases)
+	}
+	got, err := e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: op2.Name})
+	if err != nil || got.Done {
+		t.Fatalf("other client's operation after the first cancel: %v, %v", got, err)
+	}
+
+	b.update(completed(t, id, &repb.ActionResult{StdoutRaw: []byte("done")}, codes.OK))
+	if r := responseOf(t, recvDone(t, s2)); string(r.GetResult().GetStdoutRaw()) != "done" {
+		t.Fatalf("other client's response %v", r)
+	}
+
+	// When every client cancels, the execution stops.
+	s3, op3 := e.run("", d)
+	s4, op4 := e.run("", d)
+	for _, name := range []string{op3.Name, op4.Name} {
+		if _, err := e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []repb.Execution_ExecuteClient{s3, s4} {
+		if done := recvDone(t, s); done.GetError().GetCode() != int32(codes.Canceled) {
+			t.Fatalf("after both cancels: %v", done)
+		}
+	}
+	if n := e.metric("buildfleet_scheduler_actions_completed_total", "outcome", "cancelled"); n != 1 {
+		t.Fatalf("cancelled executions %v, want 1", n)
+	}
+}
