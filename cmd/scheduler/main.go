@@ -153,6 +153,7 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
+		ms.Handle("/workers", sched.WorkersHandler())
 		go func() {
 			if err := ms.Serve(); err != nil {
 				logger.Error().Err(err).Msg("metrics server failed")

@@ -24,6 +24,7 @@ func NewRegistry() *prometheus.Registry {
 type Server struct {
 	srv *http.Server
 	lis net.Listener
+	mux *http.ServeMux
 }
 
 // Listen binds addr and returns a Server ready to Serve. healthy is called on each /healthz
@@ -42,8 +43,11 @@ func Listen(addr string, gatherer prometheus.Gatherer, healthy func() error) (*S
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, lis: lis}, nil
+	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, lis: lis, mux: mux}, nil
 }
+
+// Handle adds a page to the server; call it before Serve.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 // Addr returns the address the server listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
