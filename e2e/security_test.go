@@ -140,12 +140,63 @@ func TestSecuritySchedulerRefusesOpenRemoteListen(t *testing.T) {
 	}
 }
 
-// TestSecurityBazel4WithTokens builds with a real Bazel 4.2.3 with a bearer token, all
-// actions remote; a wrong token and a read-only token fail, and a worker presenting a client
-// token never opens a session. It runs over plaintext loopback: Debian's bazel-bootstrap
-// 4.2.3 cannot open grpcs:// connections at all (its bundled Netty lacks the JDK ALPN
-// negotiator: "JDK provider does not support ALPN protocol"); TLS is covered with Bazel 2.1.0.
-func TestSecurityBazel4WithTokens(t *testing.T) { bazelWithTokens(t, bazel4(t), false) }
+// TestSecurityBazel4OverTLSWithTokens builds with a real Bazel 4.2.3 over grpcs://
+// (--tls_certificate) with a bearer token, all actions remote, the workers too reaching the
+// scheduler over grpcs://; a wrong token, a read-only token and a missing CA fail, and a worker
+// presenting a client token never opens a session. Debian's bazel-bootstrap needs Debian's
+// netty-tcnative for TLS (see enableBazel4TLS).
+func TestSecurityBazel4OverTLSWithTokens(t *testing.T) {
+	bazel := bazel4(t)
+	pki := newTestPKI(t)
+	s := secureScheduler(t, pki, true)
+	impostor := startSecureWorker(t, s, &pki, "impostor", nil, "--auth-token-file="+tokenFile(t, ciToken), "--drain-timeout=2s")
+	startSecureWorker(t, s, &pki, "w1", nil, append([]string{"--auth-token-file=" + tokenFile(t, workerToken)}, isolationFlags()...)...)
+	w := newWorkspace(t, bazel, 30)
+	enableBazel4TLS(t, w)
+
+	w.build("--spawn_strategy=local", "--genrule_strategy=local")
+	local := w.outputs()
+	w.clean()
+	remote := []string{"--remote_executor=grpcs://" + s.addr, "--tls_certificate=" + pki.ca, "--remote_instance_name=secure", "--jobs=16"}
+	counts := processCounts(t, w.build(append(remote, "--remote_header=Authorization=Bearer "+ciToken)...))
+	if counts["remote"] != w.rules {
+		t.Fatalf("remote build over TLS: %v, want %d remote", counts, w.rules)
+	}
+	sameOutputs(t, local, w.outputs())
+
+	w.clean()
+	for _, tc := range []struct {
+		name, token, want string
+		flags             []string
+	}{
+		{"wrong token", wrongToken, "UNAUTHENTICATED", remote},
+		{"read-only token", readerToken, "PERMISSION_DENIED", remote},
+		// Without the CA, Bazel cannot verify the scheduler (and sends no token).
+		{"no CA", ciToken, "OpenSslEngine", []string{"--remote_executor=grpcs://" + s.addr, "--remote_instance_name=secure"}},
+	} {
+		args := append([]string{"build", "--incompatible_strict_action_env", "--color=no", "--curses=no", "--noremote_accept_cached",
+			"--remote_header=Authorization=Bearer " + tc.token}, tc.flags...)
+		out, err := w.run(append(args, w.target)...)
+		if err == nil {
+			t.Errorf("%s: Bazel succeeded:\n%s", tc.name, tail(out, 30))
+		} else if !strings.Contains(out, tc.want) {
+			t.Errorf("%s: Bazel output lacks %s:\n%s", tc.name, tc.want, tail(out, 30))
+		}
+		if strings.Contains(out, tc.token) {
+			t.Errorf("%s: the token appears in Bazel's output", tc.name)
+		}
+	}
+
+	if !impostor.logContains("PermissionDenied") && !impostor.logContains("Unauthenticated") {
+		t.Error("the worker with a client token logged no PERMISSION_DENIED or UNAUTHENTICATED")
+	}
+	if impostor.logContains("Bot session created") || impostor.logContains("Lease accepted") {
+		t.Error("the worker with a client token opened a session or ran an action")
+	}
+	if s.logContains(ciToken) || s.logContains(workerToken) || s.logContains(wrongToken) {
+		t.Error("the scheduler logged a token")
+	}
+}
 
 // TestSecurityBazel2OverTLS builds with a real Bazel 2.1.0 over grpcs:// (--tls_certificate),
 // the worker too reaching the scheduler over grpcs://. Bazel 2.1.0 does not send
@@ -171,62 +222,6 @@ func TestSecurityBazel2OverTLS(t *testing.T) {
 	out, err := w.run("build", "--color=no", "--curses=no", "--remote_executor=grpcs://"+s.addr, "--remote_instance_name=tls", w.target)
 	if err == nil {
 		t.Errorf("Bazel trusted the scheduler without its CA:\n%s", tail(out, 20))
-	}
-}
-
-// bazelWithTokens runs the token matrix with Bazel, over TLS when tls is set.
-func bazelWithTokens(t *testing.T, bazel string, tls bool) {
-	pki := newTestPKI(t)
-	s := secureScheduler(t, pki, tls)
-	var workerPKI *testPKI
-	if tls {
-		workerPKI = &pki
-	}
-	impostor := startSecureWorker(t, s, workerPKI, "impostor", nil, "--auth-token-file="+tokenFile(t, ciToken), "--drain-timeout=2s")
-	startSecureWorker(t, s, workerPKI, "w1", nil, append([]string{"--auth-token-file=" + tokenFile(t, workerToken)}, isolationFlags()...)...)
-	w := newWorkspace(t, bazel, 30)
-
-	w.build("--spawn_strategy=local", "--genrule_strategy=local")
-	local := w.outputs()
-	w.clean()
-	remote := []string{"--remote_executor=grpc://" + s.addr, "--remote_instance_name=secure", "--jobs=16"}
-	if tls {
-		remote = []string{"--remote_executor=grpcs://" + s.addr, "--tls_certificate=" + pki.ca, "--remote_instance_name=secure", "--jobs=16"}
-	}
-	counts := processCounts(t, w.build(append(remote, "--remote_header=Authorization=Bearer "+ciToken)...))
-	if counts["remote"] != w.rules {
-		t.Fatalf("remote build over TLS: %v, want %d remote", counts, w.rules)
-	}
-	sameOutputs(t, local, w.outputs())
-
-	w.clean()
-	for _, tc := range []struct {
-		name, token, want string
-	}{
-		{"wrong token", wrongToken, "UNAUTHENTICATED"},
-		{"read-only token", readerToken, "PERMISSION_DENIED"},
-	} {
-		args := append([]string{"build", "--incompatible_strict_action_env", "--color=no", "--curses=no", "--noremote_accept_cached",
-			"--remote_header=Authorization=Bearer " + tc.token}, remote...)
-		out, err := w.run(append(args, w.target)...)
-		if err == nil {
-			t.Errorf("%s: Bazel succeeded:\n%s", tc.name, tail(out, 30))
-		} else if !strings.Contains(out, tc.want) {
-			t.Errorf("%s: Bazel output lacks %s:\n%s", tc.name, tc.want, tail(out, 30))
-		}
-		if strings.Contains(out, tc.token) {
-			t.Errorf("%s: the token appears in Bazel's output", tc.name)
-		}
-	}
-
-	if !impostor.logContains("PermissionDenied") && !impostor.logContains("Unauthenticated") {
-		t.Error("the worker with a client token logged no PERMISSION_DENIED or UNAUTHENTICATED")
-	}
-	if impostor.logContains("Bot session created") || impostor.logContains("Lease accepted") {
-		t.Error("the worker with a client token opened a session or ran an action")
-	}
-	if s.logContains(ciToken) || s.logContains(workerToken) || s.logContains(wrongToken) {
-		t.Error("the scheduler logged a token")
 	}
 }
 
