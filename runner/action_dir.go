@@ -14,7 +14,8 @@ import (
 
 // actionDir is the private directory of one action: the input root the command runs in, and
 // its stdout and stderr beside it (out of the action's reach through relative paths). Close
-// removes it all.
+// takes it out of the action directories at once and removes it all, in the background when
+// it has a reaper.
 //
 // With an action user (owner), the input root and the directories created in it belong to
 // that user, while the action directory itself stays the worker's (mode 0711: the user may
@@ -27,16 +28,24 @@ type actionDir struct {
 	stderr string
 	rootFD int
 	owner  *User
+	reaper *dirReaper
 }
 
 // newActionDir creates a fresh action directory under base, its input root owned by owner
-// when set.
-func newActionDir(base string, owner *User) (*actionDir, error) {
-	p, err := os.MkdirTemp(base, "a")
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "Failed to create action directory: %v", err)
+// when set. With a reaper, the action directory is one of its spares when it has one, and
+// Close hands it back.
+func newActionDir(base string, owner *User, reaper *dirReaper) (*actionDir, error) {
+	var p string
+	if reaper != nil {
+		p = reaper.take(base)
 	}
-	d := &actionDir{path: p, root: filepath.Join(p, "root"), stdout: filepath.Join(p, "stdout"), stderr: filepath.Join(p, "stderr"), rootFD: -1, owner: owner}
+	if p == "" {
+		var err error
+		if p, err = os.MkdirTemp(base, "a"); err != nil {
+			return nil, status.Errorf(codes.Internal, "Failed to create action directory: %v", err)
+		}
+	}
+	d := &actionDir{path: p, root: filepath.Join(p, "root"), stdout: filepath.Join(p, "stdout"), stderr: filepath.Join(p, "stderr"), rootFD: -1, owner: owner, reaper: reaper}
 	if err := os.Mkdir(d.root, 0o755); err != nil {
 		d.Close()
 		return nil, status.Errorf(codes.Internal, "Failed to create action directory: %v", err)
@@ -61,11 +70,15 @@ func newActionDir(base string, owner *User) (*actionDir, error) {
 }
 
 // Close removes the action directory, making directories the action left read-only
-// writable again first.
+// writable again first. With a reaper, it is only moved out of the action directories before
+// Close returns.
 func (d *actionDir) Close() error {
 	if d.rootFD >= 0 {
 		unix.Close(d.rootFD)
 		d.rootFD = -1
+	}
+	if d.reaper != nil {
+		return d.reaper.remove(d.path)
 	}
 	return removeAll(d.path)
 }

@@ -38,6 +38,10 @@ type process struct {
 type processResult struct {
 	exitCode int32
 	timedOut bool
+	// stdoutEmpty and stderrEmpty say the log was found empty once the process group was
+	// killed, so that it need not be opened and read again.
+	stdoutEmpty bool
+	stderrEmpty bool
 }
 
 // newProcess validates the command line and environment of cmd.
@@ -193,5 +197,13 @@ func (p *process) run(ctx context.Context) (processResult, error) {
 	default:
 		res.exitCode = -1
 	}
+	killGroup()
+	res.stdoutEmpty, res.stderrEmpty = isEmpty(stdout), isEmpty(stderr)
 	return res, nil
+}
+
+// isEmpty reports whether f is known to be empty.
+func isEmpty(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Size() == 0
 }

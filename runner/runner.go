@@ -88,6 +88,7 @@ type Runner struct {
 	inputs   *inputRoot
 	commands *messageCache
 	actions  string
+	reaper   *dirReaper
 	hide     []string
 	lock     *os.File
 }
@@ -144,6 +145,19 @@ func New(cfg Config, conn grpc.ClientConnInterface, clk clock.Clock, logger zero
 	if err := r.cleanActions(); err != nil {
 		return nil, err
 	}
+	mode := os.FileMode(0o700)
+	if cfg.RunAs != nil {
+		mode = 0o711
+	}
+	r.reaper, err = newDirReaper(filepath.Join(dir, "finished"), mode, logger)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if !ok {
+			r.reaper.Close()
+		}
+	}()
 	if err := os.MkdirAll(cfg.AppendOnlyCachesBase, 0o755); err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "Failed to create append-only caches base %s: %v", cfg.AppendOnlyCachesBase, err)
 	}
@@ -227,8 +241,10 @@ func (r *Runner) cleanActions() error {
 	return nil
 }
 
-// Close releases the cache directory. Actions still running are not waited for.
+// Close waits for the removal of finished action directories and releases the cache directory.
+// Actions still running are not waited for.
 func (r *Runner) Close() error {
+	r.reaper.Close()
 	return r.lock.Close()
 }
 
@@ -302,7 +318,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 	if iso.networkOff && !iso.namespaces {
 		return nil, status.Error(codes.InvalidArgument, "The action asks for network=off, but this worker runs actions without a sandbox (--sandbox=namespaces) and cannot turn the network off")
 	}
-	dir, err := newActionDir(r.actions, r.cfg.RunAs)
+	dir, err := newActionDir(r.actions, r.cfg.RunAs, r.reaper)
 	if err != nil {
 		return nil, err
 	}
@@ -351,15 +367,19 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 		return nil, err
 	}
 	for _, s := range []struct {
-		path string
-		set  func(*repb.Digest)
+		path  string
+		empty bool
+		set   func(*repb.Digest)
 	}{
-		{dir.stdout, func(d *repb.Digest) { result.StdoutDigest = d }},
-		{dir.stderr, func(d *repb.Digest) { result.StderrDigest = d }},
+		{dir.stdout, pr.stdoutEmpty, func(d *repb.Digest) { result.StdoutDigest = d }},
+		{dir.stderr, pr.stderrEmpty, func(d *repb.Digest) { result.StderrDigest = d }},
 	} {
-		d, src, err := logBlob(s.path)
-		if err != nil {
-			return nil, err
+		d, src := digest.Empty, uploadSource{}
+		if !s.empty {
+			d, src, err = logBlob(s.path)
+			if err != nil {
+				return nil, err
+			}
 		}
 		blobs[d] = src
 		s.set(d.Proto())
