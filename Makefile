@@ -5,7 +5,7 @@ BIN     ?= bin
 TOOLS   := $(CURDIR)/.tools
 SHELL   := /bin/bash
 
-.PHONY: all build run test test-deps unit e2e race fmt lint generate bench clean
+.PHONY: all build run test test-deps unit fmt lint generate bench clean
 
 all: build
 
