@@ -134,7 +134,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := newTestCA(t, "ca")
-	server := ca.issue(t, "server", true)
+	server := ca.Issue(t, "server", true)
 	serverCreds, err := auth.ServerCredentials(server.CertFile, server.KeyFile, "", logger)
 	if err != nil {
 		t.Fatal(err)

@@ -47,9 +47,9 @@ func getCapabilities(t *testing.T, addr, caFile, certFile, keyFile string) error
 func TestMutualTLS(t *testing.T) {
 	ca := newTestCA(t, "ca")
 	otherCA := newTestCA(t, "other-ca")
-	server := ca.issue(t, "server", true)
-	client := ca.issue(t, "client", false)
-	stranger := otherCA.issue(t, "stranger", false)
+	server := ca.Issue(t, "server", true)
+	client := ca.Issue(t, "client", false)
+	stranger := otherCA.Issue(t, "stranger", false)
 	addr, svc := startTLS(t, server, ca.File)
 
 	if err := getCapabilities(t, addr, ca.File, client.CertFile, client.KeyFile); err != nil {
@@ -67,7 +67,7 @@ func TestMutualTLS(t *testing.T) {
 
 	// The refusal happens in the TLS handshake itself, and only for want of a certificate.
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	pair, err := tls.LoadX509KeyPair(client.CertFile, client.KeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func TestMutualTLS(t *testing.T) {
 
 func TestServerTLS(t *testing.T) {
 	ca := newTestCA(t, "ca")
-	server := ca.issue(t, "server", true)
+	server := ca.Issue(t, "server", true)
 	addr, _ := startTLS(t, server, "")
 	if err := getCapabilities(t, addr, ca.File, "", ""); err != nil {
 		t.Errorf("client trusting the CA: %v", err)
@@ -109,7 +109,7 @@ func TestServerTLS(t *testing.T) {
 		t.Errorf("client using the system roots: got %v, want UNAVAILABLE about the certificate", err)
 	}
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	if _, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS11}); err == nil {
 		t.Error("a TLS 1.1 handshake succeeded")
 	}
@@ -119,7 +119,7 @@ func TestServerTLS(t *testing.T) {
 func servedSerial(t *testing.T, addr string, ca *testCA) string {
 	t.Helper()
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, NextProtos: []string{"h2"}})
 	if err != nil {
 		t.Fatal(err)
@@ -130,27 +130,27 @@ func servedSerial(t *testing.T, addr string, ca *testCA) string {
 
 func TestServerCertificateRotation(t *testing.T) {
 	ca := newTestCA(t, "ca")
-	server := ca.issue(t, "server", true)
+	server := ca.Issue(t, "server", true)
 	addr, _ := startTLS(t, server, "")
 	if got := servedSerial(t, addr, ca); got != server.Serial.String() {
 		t.Fatalf("serving serial %s, want %s", got, server.Serial)
 	}
 
 	// Rotating the files is picked up by the next handshake.
-	next := ca.issue(t, "server", true)
-	writeFile(t, server.CertFile, next.certPEM)
-	writeFile(t, server.KeyFile, next.keyPEM)
+	next := ca.Issue(t, "server", true)
+	writeFile(t, server.CertFile, next.CertPEM)
+	writeFile(t, server.KeyFile, next.KeyPEM)
 	if got := servedSerial(t, addr, ca); got != next.Serial.String() {
 		t.Errorf("after rotation serving serial %s, want %s", got, next.Serial)
 	}
 
 	// A half-done rotation (new certificate, old key) keeps the last good pair.
-	third := ca.issue(t, "server", true)
-	writeFile(t, server.CertFile, third.certPEM)
+	third := ca.Issue(t, "server", true)
+	writeFile(t, server.CertFile, third.CertPEM)
 	if got := servedSerial(t, addr, ca); got != next.Serial.String() {
 		t.Errorf("with a mismatched pair serving serial %s, want the previous %s", got, next.Serial)
 	}
-	writeFile(t, server.KeyFile, third.keyPEM)
+	writeFile(t, server.KeyFile, third.KeyPEM)
 	if got := servedSerial(t, addr, ca); got != third.Serial.String() {
 		t.Errorf("after completing the rotation serving serial %s, want %s", got, third.Serial)
 	}
@@ -158,7 +158,7 @@ func TestServerCertificateRotation(t *testing.T) {
 
 func TestTLSConfigErrors(t *testing.T) {
 	ca := newTestCA(t, "ca")
-	server := ca.issue(t, "server", true)
+	server := ca.Issue(t, "server", true)
 	logger := zerologNop()
 	if _, err := auth.ServerTLSConfig(server.CertFile, "", "", logger); err == nil {
 		t.Error("ServerTLSConfig without a key: no error")
