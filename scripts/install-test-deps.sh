@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs everything the test suite needs, idempotently:
 # Debian packages (Bazel 4.2.3 and the netty-tcnative it needs for TLS, protoc),
-# Bazel 2.1.0 from npm, and Go tools.
+# Bazel 2.1.0 from npm, Go tools, and goreleaser (scripts/install-release-deps.sh).
 # Re-running it when everything is present does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +39,6 @@ mkdir -p "$GOBIN"
 [ -x "$GOBIN/ec2-metadata-mock" ] || go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@v1.13.0
 [ -x "$GOBIN/protoc-gen-go" ] || go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 [ -x "$GOBIN/protoc-gen-go-grpc" ] || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
+# goreleaser, for the release tests (packaging/).
+./scripts/install-release-deps.sh
 echo "install-test-deps: ok (tools in $TOOLS_DIR)"
