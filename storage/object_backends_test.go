@@ -162,3 +162,5 @@ func (b *backend) tier(t testing.TB, maxLocal int64, ttl, refreshAge time.Durati
 func staticCredentials() aws.CredentialsProvider {
 	return credentials.NewStaticCredentialsProvider(objectstoretest.AccessKey, objectstoretest.SecretKey, "")
 }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
