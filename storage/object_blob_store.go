@@ -131,7 +131,10 @@ func (s *ObjectBlobStore) Get(ctx context.Context, d digest.Digest, offset, limi
 		limit = d.Size - offset
 	}
 	r, info, err := s.bucket.Get(ctx, blobKey(d), offset, limit)
-	if err != nil {
+	if status.Code(err) == codes.OutOfRange {
+		// The range is inside the digest's size: the object is shorter than the blob.
+		return nil, s.discardCorrupt(ctx, d, err)
+	} else if err != nil {
 		return nil, s.readError(err, d)
 	}
 	if info.Size != d.Size {
