@@ -206,7 +206,7 @@ func TestExamplesMatchModules(t *testing.T) {
 			iterators := map[string]bool{}
 			for _, body := range c.bodies {
 				for _, tr := range traversals(body, iterators) {
-					if tr.RootName() == "module" && len(tr) > 2 {
+					if tr.RootName() == "module" && len(tr) > 2 && tr[1].(hcl.TraverseAttr).Name == name {
 						out := tr[2].(hcl.TraverseAttr).Name
 						if mod.outputs[out] == nil {
 							t.Errorf("%s: module.%s.%s is not an output of %s", ex, name, out, src)
