@@ -42,6 +42,7 @@ type backend struct {
 type backendConfig struct {
 	timeout            time.Duration
 	multipartThreshold int64
+	copyThreshold      int64
 }
 
 // newS3Backend starts versitygw with a bucket.
@@ -87,7 +88,7 @@ func s3Config(srv *objectstoretest.Server, clk clock.Clock, cfg backendConfig) s
 	return storage.S3BucketConfig{
 		Bucket: testBucket, Prefix: testPrefix, Endpoint: srv.Endpoint(), Region: objectstoretest.Region,
 		ForcePathStyle: true, Credentials: staticCredentials(), Timeout: cfg.timeout, Clock: clk,
-		MultipartThreshold: cfg.multipartThreshold, PartSize: 5 << 20,
+		MultipartThreshold: cfg.multipartThreshold, PartSize: 5 << 20, CopyThreshold: cfg.copyThreshold,
 	}
 }
 

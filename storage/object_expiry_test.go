@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -68,4 +69,23 @@ func TestObjectStoreRefreshesUsedObjects(t *testing.T) {
 			t.Errorf("object refreshed again at %v", got)
 		}
 	})
+}
+
+// TestS3RefreshOfALargeObject refreshes an object above the copy threshold, which S3 copies in
+// parts (UploadPartCopy), and checks that the content survives the copy onto itself.
+func TestS3RefreshOfALargeObject(t *testing.T) {
+	b := newS3Backend(t, backendConfig{timeout: 10 * time.Second, copyThreshold: 5 << 20})
+	s := b.objectStore(t, 0, 24*time.Hour)
+	data, d := randomBlob(t, 12<<20) // Parts of 5, 5 and 2 MiB.
+	mustPut(t, s, data)
+	b.clock.Advance(25 * time.Hour)
+	if missing, err := s.FindMissing(context.Background(), []digest.Digest{d}); err != nil || len(missing) != 0 {
+		t.Fatalf("FindMissing = %v, %v", missing, err)
+	}
+	if got := b.refreshedAt(t, "cas/"+d.Hash).Truncate(time.Second); !got.Equal(b.clock.Now().Truncate(time.Second)) {
+		t.Fatalf("refreshed at %v, want %v", got, b.clock.Now())
+	}
+	if got := b.read(t, "cas/"+d.Hash); !bytes.Equal(got, data) {
+		t.Fatal("the multipart copy changed the content")
+	}
 }

@@ -30,7 +30,7 @@ const defaultS3MultipartThreshold = 64 << 20
 const defaultS3PartSize = 16 << 20
 
 // maxS3CopySize is the largest object S3 copies in one CopyObject call; larger objects are
-// refreshed by a multipart copy.
+// refreshed by a multipart copy in parts of at most this size.
 const maxS3CopySize = 5 << 30
 
 // S3BucketConfig configures an S3Bucket.
@@ -55,6 +55,9 @@ type S3BucketConfig struct {
 	// MultipartThreshold is the object size from which uploads go in parts of PartSize
 	// (64 MiB and 16 MiB when zero).
 	MultipartThreshold, PartSize int64
+	// CopyThreshold is the object size from which Refresh copies in parts of this size
+	// (5 GiB, the largest single CopyObject, when zero).
+	CopyThreshold int64
 	// Clock stamps refreshed objects (clock.System when nil).
 	Clock clock.Clock
 }
@@ -63,7 +66,7 @@ type S3BucketConfig struct {
 // Create is a PutObject (or, from MultipartThreshold on, a multipart upload by the SDK's
 // transfer manager) with If-None-Match: *, so the server keeps the first object written to a
 // key. Refresh copies an object onto itself (CopyObject with replaced metadata, a multipart
-// copy above 5 GiB), which restarts the age that an expiration lifecycle rule counts.
+// copy above CopyThreshold), which restarts the age that an expiration lifecycle rule counts.
 type S3Bucket struct {
 	client   *s3.Client
 	uploader *transfermanager.Client
@@ -82,6 +85,9 @@ func NewS3Bucket(ctx context.Context, cfg S3BucketConfig) (*S3Bucket, error) {
 	}
 	if cfg.PartSize <= 0 {
 		cfg.PartSize = defaultS3PartSize
+	}
+	if cfg.CopyThreshold <= 0 || cfg.CopyThreshold > maxS3CopySize {
+		cfg.CopyThreshold = maxS3CopySize
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.System
@@ -219,9 +225,9 @@ func (b *S3Bucket) Refresh(ctx context.Context, key string) error {
 	full := b.loc.key(key)
 	source := url.PathEscape(b.loc.Bucket) + "/" + escapeS3Key(full)
 	meta := map[string]string{"buildfleet-refreshed": b.cfg.Clock.Now().UTC().Format(time.RFC3339)}
-	rctx, cancel := requestContext(ctx, b.cfg.Timeout, 0)
+	rctx, cancel := requestContext(ctx, b.cfg.Timeout, info.Size)
 	defer cancel()
-	if info.Size <= maxS3CopySize {
+	if info.Size <= b.cfg.CopyThreshold {
 		_, err = b.client.CopyObject(rctx, &s3.CopyObjectInput{
 			Bucket: &b.loc.Bucket, Key: aws.String(full), CopySource: aws.String(source),
 			MetadataDirective: types.MetadataDirectiveReplace, Metadata: meta,
@@ -232,13 +238,13 @@ func (b *S3Bucket) Refresh(ctx context.Context, key string) error {
 	return requestError(ctx, err, classifyS3Error, fmt.Sprintf("Failed to refresh %s/%s", b, key))
 }
 
-// copyInParts copies an object larger than 5 GiB onto itself with a multipart copy.
+// copyInParts copies an object larger than CopyThreshold onto itself with a multipart copy.
 func (b *S3Bucket) copyInParts(ctx context.Context, key, source string, size int64, meta map[string]string) error {
 	up, err := b.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.loc.Bucket, Key: &key, Metadata: meta})
 	if err != nil {
 		return err
 	}
-	const part = 1 << 30
+	part := b.cfg.CopyThreshold
 	var parts []types.CompletedPart
 	for n, off := int32(1), int64(0); off < size; n, off = n+1, off+part {
 		end := min(off+part, size) - 1

@@ -2,6 +2,9 @@ package storage_test
 
 import (
 	"bytes"
+	"context"
+	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,5 +44,35 @@ func TestTieredBlobStoreFillsItsLocalTierAndStaysBounded(t *testing.T) {
 		if got := readAll(t, reader, ds[i], 100, 50); !bytes.Equal(got, blobs[i][100:150]) {
 			t.Fatalf("blob %d from the local tier is wrong", i)
 		}
+	}
+}
+
+// TestTieredBlobStoreConcurrentReadsOfAColdBlob reads one blob the local tier lacks from many
+// goroutines at once: every reader gets the right bytes.
+func TestTieredBlobStoreConcurrentReadsOfAColdBlob(t *testing.T) {
+	b := newGCSBackend(t, backendConfig{timeout: 10 * time.Second})
+	writer, _ := b.tier(t, 4<<20, time.Minute, 0)
+	data, d := randomBlob(t, 1<<20)
+	mustPut(t, writer, data)
+	reader, local := b.tier(t, 4<<20, time.Minute, 0)
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := reader.Get(context.Background(), d, int64(i), 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer r.Close()
+			if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, data[i:]) {
+				t.Errorf("reader %d: %d bytes, %v", i, len(got), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n, size := local.Usage(); n != 1 || size != d.Size {
+		t.Fatalf("local tier holds %d blobs, %d bytes; want the one blob", n, size)
 	}
 }
