@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc/codes"
@@ -41,6 +42,8 @@ type ObjectBlobStoreOptions struct {
 	Clock clock.Clock
 	// Logger receives warnings about corrupt objects and failed refreshes.
 	Logger zerolog.Logger
+	// Registerer, unless nil, registers the buildfleet_object_store_* metrics.
+	Registerer prometheus.Registerer
 }
 
 // ObjectBlobStore is a BlobStore in an object store bucket (ObjectBucket: S3 or GCS).
@@ -59,10 +62,11 @@ type ObjectBlobStoreOptions struct {
 // ends its read with DATA_LOSS, is logged, and is deleted so that the next upload replaces it.
 // Ranged reads are checked by size only; TieredBlobStore serves verified bytes in all cases.
 type ObjectBlobStore struct {
-	bucket ObjectBucket
-	opts   ObjectBlobStoreOptions
-	cache  *existenceCache
-	logger zerolog.Logger
+	bucket  ObjectBucket
+	opts    ObjectBlobStoreOptions
+	cache   *existenceCache
+	logger  zerolog.Logger
+	metrics *objectStoreMetrics
 }
 
 // NewObjectBlobStore returns a BlobStore in bucket.
@@ -80,10 +84,11 @@ func NewObjectBlobStore(bucket ObjectBucket, opts ObjectBlobStoreOptions) *Objec
 		opts.Clock = clock.System
 	}
 	return &ObjectBlobStore{
-		bucket: bucket,
-		opts:   opts,
-		cache:  newExistenceCache(opts.ExistenceCacheTTL, opts.MaxCachedBlobs),
-		logger: opts.Logger.With().Str("component", "object_blob_store").Str("bucket", bucket.String()).Logger(),
+		bucket:  bucket,
+		opts:    opts,
+		cache:   newExistenceCache(opts.ExistenceCacheTTL, opts.MaxCachedBlobs),
+		logger:  opts.Logger.With().Str("component", "object_blob_store").Str("bucket", bucket.String()).Logger(),
+		metrics: newObjectStoreMetrics(opts.Registerer),
 	}
 }
 
@@ -173,6 +178,7 @@ func (s *ObjectBlobStore) readError(err error, d digest.Digest) error {
 // next upload can replace it, and returns NOT_FOUND: a corrupt object is a miss.
 func (s *ObjectBlobStore) discardCorrupt(ctx context.Context, d digest.Digest, cause error) error {
 	s.logger.Warn().Err(cause).Str("digest", d.String()).Msg("Corrupt object in the object store: treating it as missing and deleting it")
+	s.metrics.corrupt.Inc()
 	s.cache.remove(d)
 	if err := s.bucket.Delete(ctx, blobKey(d)); err != nil {
 		s.logger.Warn().Err(err).Str("digest", d.String()).Msg("Failed to delete corrupt object")
@@ -195,6 +201,7 @@ func (s *ObjectBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) (
 		}
 		first[d] = i
 		if t, ok := s.cache.get(d, s.opts.Clock.Now()); ok {
+			s.metrics.existenceChecks.WithLabelValues("cached").Inc()
 			s.used(ctx, d, t)
 			continue
 		}
@@ -221,13 +228,16 @@ func (s *ObjectBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) (
 func (s *ObjectBlobStore) stat(ctx context.Context, d digest.Digest) (bool, error) {
 	info, err := s.bucket.Stat(ctx, blobKey(d))
 	if status.Code(err) == codes.NotFound {
+		s.metrics.existenceChecks.WithLabelValues("missing").Inc()
 		return false, nil
 	} else if err != nil {
 		return false, err
 	}
 	if info.Size != d.Size {
+		s.metrics.existenceChecks.WithLabelValues("missing").Inc()
 		return false, nil
 	}
+	s.metrics.existenceChecks.WithLabelValues("present").Inc()
 	s.cache.put(d, info.Time, s.opts.Clock.Now())
 	s.used(ctx, d, info.Time)
 	return true, nil
@@ -236,6 +246,7 @@ func (s *ObjectBlobStore) stat(ctx context.Context, d digest.Digest) (bool, erro
 // exists reports whether d is present, from the existence cache when it can.
 func (s *ObjectBlobStore) exists(ctx context.Context, d digest.Digest) (bool, error) {
 	if t, ok := s.cache.get(d, s.opts.Clock.Now()); ok {
+		s.metrics.existenceChecks.WithLabelValues("cached").Inc()
 		s.used(ctx, d, t)
 		return true, nil
 	}
@@ -257,6 +268,7 @@ func (s *ObjectBlobStore) used(ctx context.Context, d digest.Digest, objectTime 
 		s.logger.Warn().Err(err).Str("digest", d.String()).Msg("Failed to refresh blob in the object store")
 		return
 	}
+	s.metrics.refreshes.Inc()
 	s.logger.Debug().Str("digest", d.String()).Time("object_time", objectTime).Msg("Refreshed blob in the object store")
 	s.cache.put(d, now, now)
 }
@@ -293,6 +305,8 @@ func (s *ObjectBlobStore) upload(ctx context.Context, d digest.Digest, r io.Read
 	}
 	now := s.opts.Clock.Now()
 	if created {
+		s.metrics.uploads.Inc()
+		s.metrics.uploadBytes.Add(float64(d.Size))
 		s.cache.put(d, now, now)
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
@@ -146,7 +147,10 @@ func TestObjectBlobStoreConcurrentWritersOfOneBlob(t *testing.T) {
 func TestObjectBlobStoreExistenceCache(t *testing.T) {
 	forEachBackend(t, backendConfig{timeout: 500 * time.Millisecond}, func(t *testing.T, b *backend) {
 		ctx := context.Background()
-		s := b.objectStore(t, time.Minute, 0)
+		reg := prometheus.NewRegistry()
+		s := storage.NewObjectBlobStore(b.bucket, storage.ObjectBlobStoreOptions{
+			ExistenceCacheTTL: time.Minute, SpoolDir: t.TempDir(), Clock: b.clock, Registerer: reg,
+		})
 		data, d := randomBlob(t, 100)
 		later, dl := randomBlob(t, 100)
 		mustPut(t, s, data)
@@ -163,6 +167,16 @@ func TestObjectBlobStoreExistenceCache(t *testing.T) {
 		defer b.server.Resume()
 		if missing, err := s.FindMissing(ctx, []digest.Digest{d, dl}); err != nil || len(missing) != 0 {
 			t.Fatalf("FindMissing from the existence cache = %v, %v; want none", missing, err)
+		}
+		// The Put's own check and the first check of dl missed, dl's second check found it,
+		// and d was answered from the cache three times and dl once.
+		for result, want := range map[string]float64{"missing": 2, "present": 1, "cached": 4} {
+			if got := counterValue(t, reg, "buildfleet_object_store_existence_checks_total", result); got != want {
+				t.Errorf("existence checks %s = %v, want %v", result, got, want)
+			}
+		}
+		if got := counterValue(t, reg, "buildfleet_object_store_uploads_total", ""); got != 1 {
+			t.Errorf("uploads = %v, want 1", got)
 		}
 		// ...and asked again once it is over.
 		b.clock.Advance(time.Minute)
@@ -217,4 +231,25 @@ func TestObjectStoreUnavailableAndBack(t *testing.T) {
 			t.Fatal("blob uploaded after recovery reads back wrong")
 		}
 	})
+}
+
+// counterValue returns the value of counter name in reg, with label value label (any label
+// name; "" for a counter without labels), or 0.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label == "" && len(m.GetLabel()) == 0 || len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }

@@ -88,6 +88,8 @@ func (t *TieredBlobStore) fill(ctx context.Context, d digest.Digest) error {
 		if err != nil {
 			return nil, wrapError(err, codes.Unavailable, "Failed to fetch blob %s from the object store", d)
 		}
+		t.remote.metrics.fills.Inc()
+		t.remote.metrics.fillBytes.Add(float64(d.Size))
 		return nil, nil
 	})
 	select {

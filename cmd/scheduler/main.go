@@ -95,7 +95,7 @@ func run(args []string) error {
 	var cas storage.BlobStore = disk
 	var baseAC storage.ActionCache
 	if *objectStore.url != "" {
-		if cas, baseAC, err = openObjectStorage(context.Background(), objectStore, disk, *storageDir, logger); err != nil {
+		if cas, baseAC, err = openObjectStorage(context.Background(), objectStore, disk, *storageDir, logger, reg); err != nil {
 			return err
 		}
 	} else if baseAC, err = storage.NewDiskActionCache(filepath.Join(*storageDir, "ac"), logger); err != nil {

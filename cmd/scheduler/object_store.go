@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/buildfleet/buildfleet/internal/clock"
@@ -41,7 +42,7 @@ func registerObjectStoreFlags(fs *flag.FlagSet) *objectStoreFlags {
 
 // openObjectStorage opens the bucket named by --object-store and returns the tiered CAS (the
 // disk store local in front of it) and the action cache in the bucket.
-func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.DiskBlobStore, storageDir string, logger zerolog.Logger) (storage.BlobStore, storage.ActionCache, error) {
+func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.DiskBlobStore, storageDir string, logger zerolog.Logger, reg prometheus.Registerer) (storage.BlobStore, storage.ActionCache, error) {
 	u, err := storage.ParseObjectStoreURL(*f.url)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--object-store: %w", err)
@@ -76,6 +77,7 @@ func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.
 		SpoolDir:          spool,
 		Clock:             clock.System,
 		Logger:            logger,
+		Registerer:        reg,
 	})
 	cas := storage.NewTieredBlobStore(local, remote, spool, logger)
 	ac := storage.NewObjectActionCache(bucket, *f.refreshAge, clock.System, logger)
