@@ -3,8 +3,6 @@ package storage
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -378,23 +376,22 @@ func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, o
 			os.Remove(tmp.Name())
 		}
 	}()
-	h := sha256.New()
+	v := newVerifyingWriter(tmp, d)
 	bufp := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(tmp, h), &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
+	_, err = io.CopyBuffer(v, &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
 	copyBuffers.Put(bufp)
-	if err != nil {
+	if err != nil && !v.TooLong() {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
 		}
 		return nil, wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
 	}
-	if n > d.Size {
+	if err := v.Verify(); err != nil {
 		s.metrics.rejected.Inc()
-		return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
-	}
-	if actual := hex.EncodeToString(h.Sum(nil)); n != d.Size || actual != d.Hash {
-		s.metrics.rejected.Inc()
-		return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content has digest %s/%d", d, actual, n)
+		if v.TooLong() {
+			return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
+		}
+		return nil, wrapError(err, codes.InvalidArgument, "Failed to store blob %s", d)
 	}
 	if err := tmp.Sync(); err != nil {
 		return nil, status.Errorf(codes.Internal, "Failed to sync blob %s: %v", d, err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -45,19 +44,6 @@ func openWithTimeout[T any](ctx context.Context, timeout time.Duration, open fun
 		return nil, zero, err
 	}
 	return &cancelOnClose{ReadCloser: r, cancel: cancel}, info, nil
-}
-
-// cancelOnClose closes a reader and then cancels the context it was opened with.
-type cancelOnClose struct {
-	io.ReadCloser
-	cancel context.CancelFunc
-	once   sync.Once
-}
-
-func (c *cancelOnClose) Close() error {
-	err := c.ReadCloser.Close()
-	c.once.Do(c.cancel)
-	return err
 }
 
 // requestError turns a failed object store request into a gRPC status error. The caller's own
