@@ -98,6 +98,8 @@ func run(args []string) error {
 		if cas, baseAC, err = openObjectStorage(context.Background(), objectStore, disk, *storageDir, logger, reg); err != nil {
 			return err
 		}
+	} else if objectStore.anySet() {
+		return errors.New("--s3-endpoint, --s3-region and --s3-force-path-style need --object-store=s3://BUCKET/PREFIX")
 	} else if baseAC, err = storage.NewDiskActionCache(filepath.Join(*storageDir, "ac"), logger); err != nil {
 		return fmt.Errorf("opening action cache: %w", err)
 	}

@@ -40,6 +40,12 @@ func registerObjectStoreFlags(fs *flag.FlagSet) *objectStoreFlags {
 	}
 }
 
+// anySet reports whether a flag that only applies with --object-store was given (on the
+// command line or through its environment variable).
+func (f *objectStoreFlags) anySet() bool {
+	return *f.s3Endpoint != "" || *f.s3Region != "" || *f.s3PathStyle
+}
+
 // openObjectStorage opens the bucket named by --object-store and returns the tiered CAS (the
 // disk store local in front of it) and the action cache in the bucket.
 func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.DiskBlobStore, storageDir string, logger zerolog.Logger, reg prometheus.Registerer) (storage.BlobStore, storage.ActionCache, error) {
