@@ -2,7 +2,9 @@ package e2e_test
 
 import (
 	"fmt"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,8 +25,31 @@ func TestBazelRemoteExecutionOnS3(t *testing.T) {
 func TestBazelRemoteExecutionOnGCS(t *testing.T) {
 	bazel := bazel4(t)
 	srv := objectstoretest.StartGCS(t, "buildfleet-e2e")
-	bucketSurvivesScheduler(t, bazel, []string{"STORAGE_EMULATOR_HOST=" + srv.Addr()},
-		"--object-store=gs://buildfleet-e2e/cache")
+	// The bucket comes from the flag's environment variable, as in the Kubernetes manifest.
+	bucketSurvivesScheduler(t, bazel, []string{"STORAGE_EMULATOR_HOST=" + srv.Addr(), "BUILDFLEET_OBJECT_STORE=gs://buildfleet-e2e/cache"})
+}
+
+// TestSchedulerRefusesBadObjectStoreSettings starts the scheduler with settings it must refuse
+// before it serves anything.
+func TestSchedulerRefusesBadObjectStoreSettings(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the scheduler binary")
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--object-store=ftp://bucket/x"}, "want s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"},
+		{[]string{"--object-store=s3://bucket/../x"}, "has an empty, . or .. segment"},
+		{[]string{"--s3-endpoint=http://127.0.0.1:1"}, "need --object-store"},
+		{[]string{"--object-store=gs://bucket", "--s3-region=eu-west-1"}, "apply to s3:// object stores only"},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "scheduler"), append([]string{"--listen=127.0.0.1:0", "--metrics-listen=", "--storage-dir=" + t.TempDir()}, c.args...)...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("scheduler %v: %v, output %q; want a failure saying %q", c.args, err, out, c.want)
+		}
+	}
 }
 
 // bucketSurvivesScheduler builds a workspace with remote execution on a scheduler storing its
