@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/singleflight"
@@ -71,11 +72,16 @@ func (t *TieredBlobStore) Get(ctx context.Context, d digest.Digest, offset, limi
 	}
 }
 
+// fillTimeout bounds a download into the local tier, plus 1 s per MiB of the blob: a fill
+// outlives the caller that started it (others may wait for it) but never hangs for good.
+const fillTimeout = time.Minute
+
 // fill downloads d from the object store into the local tier, sharing the download with
 // concurrent callers. The download goes on if this caller gives up while others wait.
 func (t *TieredBlobStore) fill(ctx context.Context, d digest.Digest) error {
 	ch := t.fills.DoChan(d.String(), func() (any, error) {
-		fctx := context.WithoutCancel(ctx)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fillTimeout+time.Duration(d.Size/minTransferRate)*time.Second)
+		defer cancel()
 		r, err := t.remote.open(fctx, d)
 		if err != nil {
 			return nil, err
