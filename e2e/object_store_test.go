@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -35,16 +36,26 @@ func TestSchedulerRefusesBadObjectStoreSettings(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs the scheduler binary")
 	}
+	srv := objectstoretest.StartS3(t, "buildfleet-e2e")
+	s3 := []string{"--s3-endpoint=" + srv.Endpoint(), "--s3-force-path-style", "--object-store-timeout=2s"}
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
+		{append([]string{"--object-store=s3://no-such-bucket/x"}, s3...), "NoSuchBucket"},
+		{append([]string{"--object-store=s3://buildfleet-e2e/x", "--s3-region=" + objectstoretest.Region}, s3...), ""},
 		{[]string{"--object-store=ftp://bucket/x"}, "want s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"},
 		{[]string{"--object-store=s3://bucket/../x"}, "has an empty, . or .. segment"},
 		{[]string{"--s3-endpoint=http://127.0.0.1:1"}, "need --object-store"},
 		{[]string{"--object-store=gs://bucket", "--s3-region=eu-west-1"}, "apply to s3:// object stores only"},
 	} {
 		cmd := exec.Command(filepath.Join(binDir, "scheduler"), append([]string{"--listen=127.0.0.1:0", "--metrics-listen=", "--storage-dir=" + t.TempDir()}, c.args...)...)
+		cmd.Env = append(os.Environ(), objectstoretest.S3Env()...)
+		if c.want == "" {
+			// Wrong credentials: the bucket refuses them.
+			cmd.Env = append(cmd.Env, "AWS_SECRET_ACCESS_KEY=not-the-secret")
+			c.want = "PermissionDenied"
+		}
 		out, err := cmd.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("scheduler %v: %v, output %q; want a failure saying %q", c.args, err, out, c.want)

@@ -341,3 +341,19 @@ func spoolVerified(ctx context.Context, dir string, d digest.Digest, r io.Reader
 	}
 	return f, nil
 }
+
+// Probe reads a key that never exists to check that the bucket is there and the credentials
+// may use it. It returns nil when the object store answers NOT_FOUND, and otherwise the error:
+// FAILED_PRECONDITION for a missing bucket, PERMISSION_DENIED for refused credentials,
+// UNAVAILABLE when the object store cannot be reached.
+func (s *ObjectBlobStore) Probe(ctx context.Context) error {
+	r, _, err := s.bucket.Get(ctx, "cas/"+digest.Empty.Hash, 0, 0) // The empty blob is never stored.
+	if err == nil {
+		r.Close()
+		return nil
+	}
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	return wrapError(err, codes.Unavailable, "Failed to probe object store %s", s.bucket)
+}

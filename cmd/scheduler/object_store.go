@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/storage"
@@ -85,6 +87,14 @@ func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.
 		Logger:            logger,
 		Registerer:        reg,
 	})
+	pctx, cancel := context.WithTimeout(ctx, *f.timeout+time.Second)
+	defer cancel()
+	if err := remote.Probe(pctx); status.Code(err) == codes.Unavailable {
+		// It may come back; calls that need it fail with UNAVAILABLE meanwhile.
+		logger.Warn().Err(err).Str("object_store", u.String()).Msg("Object store unreachable at start-up")
+	} else if err != nil {
+		return nil, nil, fmt.Errorf("--object-store=%s: %w", u, err)
+	}
 	cas := storage.NewTieredBlobStore(local, remote, spool, logger)
 	ac := storage.NewObjectActionCache(bucket, *f.refreshAge, clock.System, logger)
 	logger.Info().Str("object_store", u.String()).Msg("Storing the cache in a bucket; the storage directory is its local tier")
