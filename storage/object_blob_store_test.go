@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
@@ -20,7 +21,7 @@ import (
 func TestObjectBucketIsWriteOnce(t *testing.T) {
 	forEachBackend(t, backendConfig{timeout: 10 * time.Second, multipartThreshold: 5 << 20}, func(t *testing.T, b *backend) {
 		ctx := context.Background()
-		for _, size := range []int{100, 12 << 20} { // One PUT, and a multipart upload on S3.
+		for _, size := range []int{100, 20 << 20} { // One request; a multipart (S3) or resumable (GCS) upload.
 			key := fmt.Sprintf("cas/write-once-%d", size)
 			first := bytes.Repeat([]byte("1"), size)
 			created, err := b.bucket.Create(ctx, key, bytes.NewReader(first), int64(size))
@@ -86,9 +87,17 @@ func TestObjectBlobStoreCorruptObjectIsAMiss(t *testing.T) {
 		// The same number of bytes, different content, behind buildfleet's back.
 		b.write(t, "cas/"+d.Hash, bytes.Repeat([]byte{'x'}, len(data)))
 
-		reader, local := b.tier(t, 1<<20, time.Minute, 0)
+		var logs bytes.Buffer
+		local := openStore(t, t.TempDir(), 1<<20)
+		t.Cleanup(func() { local.Close() })
+		reader := storage.NewTieredBlobStore(local, storage.NewObjectBlobStore(b.bucket, storage.ObjectBlobStoreOptions{
+			SpoolDir: t.TempDir(), Clock: b.clock, Logger: zerolog.New(&logs),
+		}), t.TempDir(), zerolog.Nop())
 		_, err := reader.Get(ctx, d, 0, 0)
 		wantStatus(t, err, codes.NotFound, "Blob "+d.String()+" not found (the stored object was corrupt)")
+		if !strings.Contains(logs.String(), "Corrupt object in the object store") || !strings.Contains(logs.String(), d.String()) {
+			t.Errorf("the corrupt object was not logged with its digest; logs:\n%s", logs.String())
+		}
 		if n, _ := local.Usage(); n != 0 {
 			t.Fatalf("local tier kept %d blobs after reading a corrupt object", n)
 		}
