@@ -42,13 +42,13 @@ func defaultStorageDir() string {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
 		return filepath.Join(d, "buildfleet")
 	}
-	return "buildfleet-data"
+	return "./buildfleet-data"
 }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers")
-	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
+	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage (default $XDG_DATA_HOME/buildfleet, else ./buildfleet-data)")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
