@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -45,7 +44,7 @@ func defaultStorageDir() string {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers")
+	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers (ignored when systemd passes the socket: socket activation)")
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
@@ -100,11 +99,20 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if !authz.Enabled() && !auth.IsLoopbackListen(*listen) {
+	lis, activated, err := grpcListener(*listen)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	listenAddr := *listen
+	if activated {
+		listenAddr = lis.Addr().String()
+	}
+	if !authz.Enabled() && !auth.IsLoopbackListen(listenAddr) {
 		if !*insecureRemote {
-			return fmt.Errorf("--listen=%s is not a loopback address and no --client-tokens-file or --worker-tokens-file is set; give token files, or pass --insecure-allow-remote to serve anyone who can reach it", *listen)
+			return fmt.Errorf("--listen=%s is not a loopback address and no --client-tokens-file or --worker-tokens-file is set; give token files, or pass --insecure-allow-remote to serve anyone who can reach it", listenAddr)
 		}
-		logger.Warn().Str("listen", *listen).Msg("INSECURE: authentication is OFF on a non-loopback address: anyone who can reach it can read the cache and run commands")
+		logger.Warn().Str("listen", listenAddr).Msg("INSECURE: authentication is OFF on a non-loopback address: anyone who can reach it can read the cache and run commands")
 	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes),
@@ -113,6 +121,8 @@ func run(args []string) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
+	calls := newInflightCalls()
+	opts = append(opts, calls.ServerOptions()...)
 	opts = append(opts, authz.ServerOptions()...)
 	useTLS := *tlsCert != "" || *tlsKey != ""
 	if useTLS {
@@ -143,10 +153,6 @@ func run(args []string) error {
 	})
 	sched.Register(srv)
 
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
 	var ms *metrics.Server
 	if *metricsListen != "" {
 		ms, err = metrics.Listen(*metricsListen, reg, func() error { return nil })
@@ -168,7 +174,7 @@ func run(args []string) error {
 	go authz.WatchSignals(ctx, hup)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
-	logger.Info().Str("listen", lis.Addr().String()).Str("storage_dir", *storageDir).
+	logger.Info().Str("listen", lis.Addr().String()).Bool("socket_activated", activated).Str("storage_dir", *storageDir).
 		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
 	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled())
 
@@ -185,6 +191,10 @@ func run(args []string) error {
 	sched.Close()
 	select {
 	case <-done:
+	case <-calls.Idle():
+		// Every call has finished: connections of idle clients are closed now rather than
+		// when each client gets round to it, so a restart takes milliseconds.
+		srv.Stop()
 	case <-time.After(*shutdownGrace):
 		logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
 		srv.Stop()
