@@ -337,11 +337,13 @@ func dropUpload(bs bspb.ByteStreamClient, size int) error {
 	return errors.New("upload not seen by the server")
 }
 
-// tempBytes sums the sizes of files under dir whose names mark them as in-progress uploads.
+// tempBytes sums the sizes of in-progress uploads under the storage dir: the store's temporary
+// files (cas/tmp) and the upload spool (uploads).
 func tempBytes(dir string) int64 {
 	var n int64
 	_ = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && !fi.IsDir() && (strings.Contains(fi.Name(), "tmp") || strings.Contains(p, "upload")) {
+		rel, _ := filepath.Rel(dir, p)
+		if err == nil && !fi.IsDir() && (strings.HasPrefix(rel, "cas/tmp/") || strings.HasPrefix(rel, "uploads/")) {
 			n += fi.Size()
 		}
 		return nil

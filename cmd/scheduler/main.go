@@ -57,6 +57,10 @@ func run(args []string) error {
 	fs.Var(&maxBlob, "max-blob-size", "largest blob a client may upload (ByteStream.Write, BatchUpdateBlobs); larger ones fail with INVALID_ARGUMENT (e.g. 10G; 0: no limit)")
 	maxStreams := fs.Uint("max-concurrent-streams", 1000, "concurrent RPCs (HTTP/2 streams) one client connection may have open; more wait for a free one")
 	maxQueue := fs.Int("max-queue-per-instance", 100000, "queued actions per instance name beyond which Execute answers RESOURCE_EXHAUSTED")
+	uploadResume := fs.Duration("upload-resume-timeout", storage.DefaultUploadIdleTimeout, "how long the bytes of an interrupted ByteStream upload are kept for the client to resume it")
+	maxParked := fs.Int("max-parked-uploads", storage.DefaultMaxParkedUploads, "interrupted uploads kept for resumption; the least recently used are dropped beyond it")
+	maxParkedSize := bytesize.Size(storage.DefaultMaxParkedUploadBytes)
+	fs.Var(&maxParkedSize, "max-parked-upload-size", "bytes on disk of interrupted uploads kept for resumption (e.g. 1G); the least recently used are dropped beyond it")
 	shutdownGrace := fs.Duration("shutdown-grace", 10*time.Second, "how long SIGTERM waits for in-flight RPCs before closing them")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for TLS; clients then use grpcs://")
 	tlsKey := fs.String("tls-key", "", "PEM private key for --tls-cert")
@@ -146,10 +150,14 @@ func run(args []string) error {
 
 	srv := grpc.NewServer(opts...)
 	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
-		ExecutionEnabled:    true,
-		Logger:              logger,
-		ActionCacheWritable: authz.MayWriteActionCache,
-		MaxBlobSizeBytes:    int64(maxBlob),
+		ExecutionEnabled:     true,
+		Logger:               logger,
+		ActionCacheWritable:  authz.MayWriteActionCache,
+		MaxBlobSizeBytes:     int64(maxBlob),
+		UploadIdleTimeout:    *uploadResume,
+		MaxParkedUploads:     *maxParked,
+		MaxParkedUploadBytes: int64(maxParkedSize),
+		UploadDir:            filepath.Join(*storageDir, "uploads"),
 	})
 	sched.Register(srv)
 
