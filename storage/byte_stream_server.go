@@ -44,7 +44,7 @@ func newByteStreamServer(cas BlobStore, opts ServiceOptions) *byteStreamServer {
 	return &byteStreamServer{
 		opts:    opts,
 		cas:     cas,
-		uploads: newUploadRegistry(opts.Clock, UploadLimits{IdleTimeout: opts.UploadIdleTimeout, MaxParked: opts.MaxParkedUploads, MaxParkedBytes: opts.MaxParkedUploadBytes}, opts.UploadDir),
+		uploads: newUploadRegistry(cas, opts.Clock, UploadLimits{IdleTimeout: opts.UploadIdleTimeout, MaxParked: opts.MaxParkedUploads, MaxParkedBytes: opts.MaxParkedUploadBytes}, opts.UploadDir),
 		logger:  opts.Logger.With().Str("component", "bytestream").Logger(),
 	}
 }

@@ -32,6 +32,8 @@ type upload struct {
 
 	// f is the spool file, open for appending while a stream owns the upload.
 	f *os.File
+	// room, when set, evicts stored blobs to free n bytes on a full disk (see roomMaker).
+	room func(n int64) int64
 
 	// Guarded by uploadRegistry.mu.
 	owned    bool
@@ -48,7 +50,14 @@ func (u *upload) write(data []byte) error {
 		}
 		u.f = f
 	}
-	if _, err := u.f.Write(data); err != nil {
+	n, err := u.f.Write(data)
+	if errors.Is(err, syscall.ENOSPC) && u.room != nil && u.room(u.resource.Digest.Size+int64(len(data))) > 0 {
+		// The disk is full: evict stored blobs, which the store would do for this blob anyway.
+		var m int
+		m, err = u.f.Write(data[n:])
+		n += m
+	}
+	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", u.resource.Digest)
 		}
@@ -125,10 +134,16 @@ func (l UploadLimits) withDefaults() UploadLimits {
 	return l
 }
 
+// roomMaker is a BlobStore that can evict blobs to free space on its disk (DiskBlobStore).
+type roomMaker interface {
+	MakeRoom(n int64) int64
+}
+
 // uploadRegistry keeps the uploads in progress keyed by resource name. Parked uploads are
 // bounded in number and bytes and dropped once idle for IdleTimeout, by a timer of the injected
 // clock that is armed only while some upload is parked.
 type uploadRegistry struct {
+	room   func(n int64) int64
 	clock  clock.Clock
 	limits UploadLimits
 	dir    string
@@ -144,8 +159,12 @@ type uploadRegistry struct {
 
 // newUploadRegistry returns a registry spooling uploads into dir (created if needed; a new
 // temporary directory when empty). Spool files left in dir by an earlier process are removed.
-func newUploadRegistry(c clock.Clock, limits UploadLimits, dir string) *uploadRegistry {
+// A full disk evicts from cas when it is a roomMaker.
+func newUploadRegistry(cas BlobStore, c clock.Clock, limits UploadLimits, dir string) *uploadRegistry {
 	r := &uploadRegistry{clock: c, limits: limits.withDefaults(), dir: dir, uploads: make(map[string]*upload)}
+	if rm, ok := cas.(roomMaker); ok {
+		r.room = rm.MakeRoom
+	}
 	if dir == "" {
 		r.dir, r.dirErr = os.MkdirTemp("", "buildfleet-uploads-")
 	} else {
@@ -283,7 +302,7 @@ func (r *uploadRegistry) start(name string, rn digest.ResourceName) (*upload, er
 		}
 		return nil, wrapError(err, codes.Internal, "Failed to write blob %s", rn.Digest)
 	}
-	u := &upload{name: name, resource: rn, path: f.Name(), f: f, owner: make(chan struct{}, 1), owned: true}
+	u := &upload{name: name, resource: rn, path: f.Name(), f: f, room: r.room, owner: make(chan struct{}, 1), owned: true}
 	u.owner <- struct{}{}
 	if old := r.uploads[name]; old != nil && old.parkedLocked() {
 		r.dropLocked(old)
