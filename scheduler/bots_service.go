@@ -498,8 +498,11 @@ func (s *Scheduler) replyLocked(b *botSession) *rwpb.BotSession {
 		rl := &rwpb.Lease{Id: l.id, State: rwpb.LeaseState_ACTIVE, ExpireTime: exp}
 		if !l.active {
 			rl.State = rwpb.LeaseState_PENDING
-			if p, err := anypb.New(l.op.actionMsg); err == nil {
-				rl.Payload = p
+			// A finished operation drops its Action, but its leases are no session's any more.
+			if l.op.actionMsg != nil {
+				if p, err := anypb.New(l.op.actionMsg); err == nil {
+					rl.Payload = p
+				}
 			}
 			rl.Requirements = l.op.platform.requirements()
 		}

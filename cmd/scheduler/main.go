@@ -57,6 +57,8 @@ func run(args []string) error {
 	fs.Var(&maxBlob, "max-blob-size", "largest blob a client may upload (ByteStream.Write, BatchUpdateBlobs); larger ones fail with INVALID_ARGUMENT (e.g. 10G; 0: no limit)")
 	maxStreams := fs.Uint("max-concurrent-streams", 1000, "concurrent RPCs (HTTP/2 streams) one client connection may have open; more wait for a free one")
 	maxQueue := fs.Int("max-queue-per-instance", 100000, "queued actions per instance name beyond which Execute answers RESOURCE_EXHAUSTED")
+	opRetention := fs.Duration("operation-retention", scheduler.DefaultCompletedRetention, "how long a finished operation stays in memory; after it WaitExecution is answered from the action cache")
+	maxOps := fs.Int("max-finished-operations", scheduler.DefaultMaxCompletedOperations, "finished operations kept in memory; the oldest are forgotten first beyond it")
 	uploadResume := fs.Duration("upload-resume-timeout", storage.DefaultUploadIdleTimeout, "how long the bytes of an interrupted ByteStream upload are kept for the client to resume it")
 	maxParked := fs.Int("max-parked-uploads", storage.DefaultMaxParkedUploads, "interrupted uploads kept for resumption; the least recently used are dropped beyond it")
 	maxParkedSize := bytesize.Size(storage.DefaultMaxParkedUploadBytes)
@@ -140,11 +142,13 @@ func run(args []string) error {
 	}
 
 	cfg := scheduler.Config{
-		SessionExpiry:         *sessionTimeout,
-		RetryLimit:            *retryLimit,
-		UnmatchedPlatformWait: *unmatchedTimeout,
-		MaxQueuePerInstance:   *maxQueue,
-		NoRetries:             *retryLimit == 0,
+		SessionExpiry:          *sessionTimeout,
+		RetryLimit:             *retryLimit,
+		UnmatchedPlatformWait:  *unmatchedTimeout,
+		MaxQueuePerInstance:    *maxQueue,
+		NoRetries:              *retryLimit == 0,
+		CompletedRetention:     *opRetention,
+		MaxCompletedOperations: *maxOps,
 	}
 	sched := scheduler.New(cfg, cas, ac, clock.System, logger, reg)
 
