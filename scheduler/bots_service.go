@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -140,6 +141,12 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 		if err := abandoned(ctx, b, gen); err != nil {
 			b.calls--
 			b.stopWaitingIfIdle()
+			if b.calls == 0 && b.callGen == gen && errors.Is(ctx.Err(), context.Canceled) {
+				// The bot cancelled its last call or its connection closed: a live bot calls
+				// again at once; a dead one never does, and its leases need not wait for the
+				// session to expire.
+				s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.DisconnectGrace), kind: sessionDisconnect, session: b, gen: gen})
+			}
 			s.leave()
 			return nil, err
 		}

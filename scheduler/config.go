@@ -37,6 +37,11 @@ type Config struct {
 	// beyond it the oldest are forgotten first (answered as after CompletedRetention).
 	// Default 10,000.
 	MaxCompletedOperations int
+	// DisconnectGrace is how long the scheduler waits for a bot to call again after one of its
+	// calls ended because the bot cancelled it or its connection closed (a process that died
+	// ends its held long-poll at once) before the session is closed and its leases requeued,
+	// instead of waiting the whole SessionExpiry. Default 3 s.
+	DisconnectGrace time.Duration
 	// GoneWorkerRetention is how long a closed bot session stays in the worker view.
 	// Default 10 min.
 	GoneWorkerRetention time.Duration
@@ -54,6 +59,7 @@ const (
 	DefaultCompletedRetention     = 15 * time.Minute
 	DefaultMaxCompletedOperations = 10000
 	DefaultGoneWorkerRetention    = 10 * time.Minute
+	DefaultDisconnectGrace        = 3 * time.Second
 )
 
 // withDefaults returns c with every unset field set to its default.
@@ -86,6 +92,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxCompletedOperations <= 0 {
 		c.MaxCompletedOperations = DefaultMaxCompletedOperations
+	}
+	if c.DisconnectGrace <= 0 {
+		c.DisconnectGrace = DefaultDisconnectGrace
 	}
 	if c.GoneWorkerRetention <= 0 {
 		c.GoneWorkerRetention = DefaultGoneWorkerRetention

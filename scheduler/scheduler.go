@@ -148,6 +148,14 @@ func (s *Scheduler) enterLocked() {
 			s.unmatchedDueLocked(d.op, d.gen)
 		case operationRetention:
 			s.expireRetainedLocked()
+		case sessionDisconnect:
+			b := d.session
+			if b.gone || b.calls > 0 || b.callGen != d.gen {
+				continue
+			}
+			s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
+				Dur("grace", s.cfg.DisconnectGrace).Msg("Bot disconnected and did not call again; requeueing its leases")
+			s.closeSessionLocked(b, requeueGone)
 		case goneRetention:
 			if b := d.session; s.gone[b.name] == b {
 				delete(s.gone, b.name)
