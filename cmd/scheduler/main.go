@@ -51,6 +51,7 @@ func run(args []string) error {
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
+	disconnectGrace := fs.Duration("disconnect-grace", scheduler.DefaultDisconnectGrace, "a worker whose connection ended (its process died) and that does not call again within this long loses its leases; they are requeued")
 	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
 	unmatchedTimeout := fs.Duration("unmatched-platform-timeout", 5*time.Minute, "how long an action no connected worker can run waits before failing")
 	maxBlob := bytesize.Size(10 << 30)
@@ -148,6 +149,7 @@ func run(args []string) error {
 		MaxQueuePerInstance:    *maxQueue,
 		NoRetries:              *retryLimit == 0,
 		CompletedRetention:     *opRetention,
+		DisconnectGrace:        *disconnectGrace,
 		MaxCompletedOperations: *maxOps,
 	}
 	sched := scheduler.New(cfg, cas, ac, clock.System, logger, reg)
