@@ -28,6 +28,9 @@ import (
 	"github.com/buildfleet/buildfleet/storage"
 )
 
+// shutdownSettle is how long shutdown waits before it trusts the count of calls in flight.
+const shutdownSettle = 100 * time.Millisecond
+
 func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "scheduler:", err)
@@ -212,15 +215,27 @@ func run(args []string) error {
 	// Held long-polls and Execute streams end now: workers keep their results and report them
 	// to the next scheduler, clients call WaitExecution on it. Uploads and reads finish.
 	sched.Close()
-	select {
-	case <-done:
-	case <-calls.Idle():
-		// Every call has finished: connections of idle clients are closed now rather than
-		// when each client gets round to it, so a restart takes milliseconds.
-		srv.Stop()
-	case <-time.After(*shutdownGrace):
-		logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
-		srv.Stop()
+	grace := time.After(*shutdownGrace)
+	// Calls whose streams the server had received before it stopped taking new ones reach
+	// their handlers (and are counted) within the settle time; only then is the count trusted.
+	settle := time.After(shutdownSettle)
+	var idle <-chan struct{}
+	for stopped := false; !stopped; {
+		select {
+		case <-done:
+			stopped = true
+		case <-settle:
+			settle, idle = nil, calls.Idle()
+		case <-idle:
+			// Every call has finished: connections of idle clients are closed now rather than
+			// when each client gets round to it, so a restart takes milliseconds.
+			srv.Stop()
+			stopped = true
+		case <-grace:
+			logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
+			srv.Stop()
+			stopped = true
+		}
 	}
 	if ms != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
