@@ -2,6 +2,5 @@
 // Dockerfile (deploy/docker). Neither a cluster nor a Docker engine runs in CI; this package's
 // tests decode every manifest strictly into k8s.io/api types and check that grace periods,
 // selectors and autoscaler targets agree, and that the Dockerfile pins its bases and runs the
-// worker as a non-root user. The scheduler's systemd units (deploy/systemd: a .socket that holds
-// the gRPC socket across restarts and the .service it starts) are parsed and checked to agree.
+// worker as a non-root user.
 package deploy

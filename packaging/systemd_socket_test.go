@@ -1,8 +1,9 @@
-package deploy_test
+package packaging_test
 
 import (
 	"net"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/coreos/go-systemd/v22/unit"
@@ -47,6 +48,9 @@ func TestSchedulerSystemdUnitsPassTheSocket(t *testing.T) {
 	}
 	if got := sock["Socket"]["Service"]; len(got) != 1 || got[0] != "buildfleet-scheduler.service" {
 		t.Errorf("socket starts %v, want buildfleet-scheduler.service", got)
+	}
+	if got := svc["Unit"]["After"]; len(got) != 1 || !strings.Contains(got[0], "buildfleet-scheduler.socket") {
+		t.Errorf("service After=%v, want after the socket", got)
 	}
 	if got := svc["Unit"]["Requires"]; len(got) != 1 || got[0] != "buildfleet-scheduler.socket" {
 		t.Errorf("service Requires=%v, want the socket", got)
