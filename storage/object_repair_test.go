@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/storage"
@@ -62,7 +64,7 @@ func TestObjectBlobStoreRepairsWrongSizeObject(t *testing.T) {
 			t.Errorf("the truncated object was not logged with its digest; logs:\n%s", logs.String())
 		}
 		if b.read(t, key) != nil {
-			t.Fatal("the truncated object is still in the bucket after the existence check")
+			t.Error("the truncated object is still in the bucket after the existence check")
 		}
 
 		// Truncated object present when the write starts (through the local tier).
@@ -89,6 +91,23 @@ func TestObjectBlobStoreRepairsWrongSizeObject(t *testing.T) {
 		}
 		if got := b.read(t, key); !bytes.Equal(got, data) {
 			t.Fatalf("after a write-once put refused over a truncated object the bucket holds %d bytes, want %d", len(got), len(data))
+		}
+
+		// The action cache: a result naming a blob is refused while the bucket holds a
+		// truncated object for it, and stored once a write has put the right bytes there.
+		out, od := randomBlob(t, 2048)
+		b.write(t, "cas/"+od.Hash, out[:10])
+		cas, _ := b.tier(t, 1<<20, time.Minute, 0)
+		ac := storage.NewCompletenessCheckingActionCache(storage.NewObjectActionCache(b.bucket, 0, b.clock, zeroLogger()), cas)
+		result := &repb.ActionResult{OutputFiles: []*repb.OutputFile{{Path: "out", Digest: od.Proto()}}}
+		action := digest.FromBytes([]byte("action naming a repaired blob"))
+		wantStatus(t, ac.Put(ctx, "main", action, result), codes.FailedPrecondition, "")
+		mustPut(t, cas, out)
+		if err := ac.Put(ctx, "main", action, result); err != nil {
+			t.Fatalf("storing an action result once its output was written again: %v", err)
+		}
+		if got, err := ac.Get(ctx, "main", action); err != nil || !proto.Equal(got, result) {
+			t.Fatalf("Get = %v, %v; want the stored result", got, err)
 		}
 	})
 }
