@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 const (
@@ -219,7 +220,7 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 
 func wrapOutput(err error, name string) error {
 	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
-		return wrap(err, "Failed to collect output %q", name)
+		return rpcstatus.Wrap(err, "Failed to collect output %q", name)
 	}
 	return status.Errorf(codes.Internal, "Failed to collect output %q: %v", name, err)
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // executionService is the REAPI Execution service of a Scheduler.
@@ -233,7 +234,7 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 	}
 	missing, err := s.cas.FindMissing(ctx, []digest.Digest{n.action})
 	if err != nil {
-		return nil, wrapStatus(err, "Failed to look up action "+n.action.String())
+		return nil, rpcstatus.Wrap(err, "Failed to look up action %s", n.action)
 	}
 	if len(missing) > 0 {
 		return nil, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)

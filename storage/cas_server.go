@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 const (
@@ -65,7 +66,7 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 	}
 	missing, err := c.cas.FindMissing(ctx, ds)
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to find missing blobs")
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to find missing blobs")
 	}
 	resp := &repb.FindMissingBlobsResponse{MissingBlobDigests: make([]*repb.Digest, 0, len(missing))}
 	for _, d := range missing {
@@ -127,7 +128,7 @@ func (c *casServer) updateBlob(ctx context.Context, r *repb.BatchUpdateBlobsRequ
 		return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content has digest %s", d, actual)
 	}
 	if err := c.cas.Put(ctx, d, bytes.NewReader(data)); err != nil {
-		return wrapError(err, codes.Internal, "Failed to store blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to store blob %s", d)
 	}
 	return nil
 }
@@ -171,12 +172,12 @@ func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobs
 func readBlob(ctx context.Context, cas BlobStore, d digest.Digest) ([]byte, error) {
 	r, err := cas.Get(ctx, d, 0, 0)
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to read blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
 	}
 	defer r.Close()
 	data := make([]byte, d.Size)
 	if _, err := io.ReadFull(r, data); err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to read blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
 	}
 	return data, nil
 }
@@ -223,12 +224,12 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 			if status.Code(err) == codes.NotFound && d != root {
 				continue
 			}
-			return wrapError(err, codes.Internal, "Failed to get tree %s", root)
+			return rpcstatus.WrapCode(err, codes.Internal, "Failed to get tree %s", root)
 		}
 		for _, child := range dir.GetDirectories() {
 			cd, err := digest.FromProto(child.GetDigest())
 			if err != nil {
-				return wrapError(err, codes.InvalidArgument, "Failed to get tree %s: directory %s has an invalid child %q", root, d, child.GetName())
+				return rpcstatus.WrapCode(err, codes.InvalidArgument, "Failed to get tree %s: directory %s has an invalid child %q", root, d, child.GetName())
 			}
 			if !seen[cd] {
 				seen[cd] = true

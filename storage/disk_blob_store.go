@@ -23,6 +23,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // touchGranularity bounds how often a blob's file time is rewritten when the blob is used.
@@ -364,7 +365,7 @@ func (s *DiskBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader) e
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return status.FromContextError(ctxErr).Err()
 		}
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
+		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
 	}
 	if n > d.Size {
 		s.metrics.rejected.Inc()
