@@ -212,7 +212,7 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 		names:    []string{name},
 	}
 	s.ops[name] = op
-	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, nil, "cached")
+	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, "cached")
 	return op
 }
 

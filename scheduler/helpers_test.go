@@ -313,11 +313,21 @@ func responseOf(t testing.TB, op *longrunningpb.Operation) *repb.ExecuteResponse
 	if !op.Done {
 		t.Fatalf("operation %s not done", op.Name)
 	}
+	if op.GetError() != nil {
+		t.Fatalf("operation %s ended with Operation.error %v; REAPI puts every outcome in ExecuteResponse.status", op.Name, op.GetError())
+	}
 	var resp repb.ExecuteResponse
 	if err := op.GetResponse().UnmarshalTo(&resp); err != nil {
 		t.Fatalf("response of %s (%v): %v", op.Name, op.Result, err)
 	}
 	return &resp
+}
+
+// cancelled reports whether op ended CANCELLED, in its ExecuteResponse.status (failing the test
+// if it carries Operation.error instead).
+func cancelled(t testing.TB, op *longrunningpb.Operation) bool {
+	t.Helper()
+	return codes.Code(responseOf(t, op).GetStatus().GetCode()) == codes.Canceled
 }
 
 // bot drives one bot session through the Bots client.
