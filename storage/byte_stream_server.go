@@ -285,7 +285,13 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 		if err != nil {
 			b.uploads.park(u)
 			if errors.Is(err, io.EOF) {
-				return status.Errorf(codes.InvalidArgument, "Failed to write blob %s: stream ended after %d bytes without finish_write", d, committed)
+				// Half-closed without finish_write: ByteStream answers with what was committed;
+				// the upload stays incomplete and resumable. Compressed uploads cannot resume
+				// (park drops them), so nothing of theirs stays committed.
+				if !identity {
+					committed = 0
+				}
+				return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: committed})
 			}
 			return err
 		}
