@@ -51,6 +51,11 @@ func (a *actionCacheServer) GetActionResult(ctx context.Context, req *repb.GetAc
 		if p == nil || p.GetSizeBytes() > budget || p.GetSizeBytes() == 0 {
 			return nil
 		}
+		// REAPI: inlining MUST be omitted where it would make the answer exceed the message
+		// size limit (16 bytes cover the field's tag and the growth of length prefixes).
+		if int64(proto.Size(result))+p.GetSizeBytes()+16 > int64(a.opts.maxAnswerBytes()) {
+			return nil
+		}
 		d, err := digest.FromProto(p)
 		if err != nil {
 			return nil

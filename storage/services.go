@@ -15,9 +15,22 @@ import (
 	"github.com/buildfleet/buildfleet/internal/digest"
 )
 
+// DefaultMaxAnswerSizeBytes is gRPC's default receive limit (4 MiB), the largest message clients
+// such as Pants' and Buck2's Rust clients accept unless told otherwise. Every answer to a client
+// that keeps to the advertised max_batch_total_size_bytes fits in it (BatchReadBlobs, GetTree
+// pages, FindMissingBlobs, GetActionResult with inlined outputs).
+const DefaultMaxAnswerSizeBytes = 4 << 20
+
+// BatchFramingReserveBytes is kept between the advertised max_batch_total_size_bytes and the
+// largest answer for the protobuf framing of a batch (digests, statuses, field tags: about 81
+// bytes a blob, so a batch of up to 3,000 blobs filling max_batch_total_size_bytes still fits).
+const BatchFramingReserveBytes = 256 << 10
+
 // DefaultMaxBatchTotalSizeBytes is the default bound on the data of one BatchUpdateBlobs or
-// BatchReadBlobs call, the limit Pants and Bazel read from the capabilities.
-const DefaultMaxBatchTotalSizeBytes = 4 << 20
+// BatchReadBlobs call, advertised as max_batch_total_size_bytes (Pants and Bazel read it from
+// the capabilities): 4 MiB less the framing reserve, so that a batch answer of that much data
+// still fits in gRPC's default 4 MiB receive limit.
+const DefaultMaxBatchTotalSizeBytes = DefaultMaxAnswerSizeBytes - BatchFramingReserveBytes
 
 // RecommendedMaxMessageSizeBytes is the gRPC message size limit (grpc.MaxRecvMsgSize and
 // grpc.MaxSendMsgSize) a server hosting these services should allow: a batch of
@@ -45,6 +58,12 @@ type ServiceOptions struct {
 	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.
 	// It is advertised as cache_capabilities.max_cas_blob_size_bytes.
 	MaxBlobSizeBytes int64
+}
+
+// maxAnswerBytes is the largest message the services send in answer to a request that keeps
+// to MaxBatchTotalSizeBytes: that bound plus the framing reserve (4 MiB by default).
+func (o ServiceOptions) maxAnswerBytes() int {
+	return int(o.MaxBatchTotalSizeBytes + BatchFramingReserveBytes)
 }
 
 // checkBlobSize refuses a blob larger than MaxBlobSizeBytes.
