@@ -46,7 +46,7 @@ type operation struct {
 	// finishing is set once a result has been accepted and is being written to the action
 	// cache: no requeue, cancel or second result applies any more.
 	finishing bool
-	done bool
+	done      bool
 	// response is the outcome of a done operation. Every ending, errors included (cancel,
 	// timeout, lost workers, unmatched platform), is an ExecuteResponse with its status set:
 	// REAPI forbids setting Operation.error on an Execute operation.

@@ -88,14 +88,12 @@ func (o ServiceOptions) withDefaults() ServiceOptions {
 }
 
 // RegisterServices registers the Capabilities, ContentAddressableStorage, ByteStream and
-// ActionCache services on s, backed by cas and ac. Unless ac already is one, it is wrapped in a
-// completeness-checking action cache over cas, so that results whose outputs were evicted are
-// misses and results naming missing outputs cannot be stored.
+// ActionCache services on s, backed by cas and ac. ac is served as given: the caller composes
+// its decorators once (cmd/scheduler wraps it in NewCompletenessCheckingActionCache, so that
+// results whose outputs were evicted are misses and results naming missing outputs cannot be
+// stored).
 func RegisterServices(s *grpc.Server, cas BlobStore, ac ActionCache, opts ServiceOptions) {
 	opts = opts.withDefaults()
-	if _, ok := ac.(*completenessCheckingActionCache); !ok {
-		ac = NewCompletenessCheckingActionCache(ac, cas)
-	}
 	repb.RegisterCapabilitiesServer(s, &capabilitiesServer{opts: opts})
 	repb.RegisterContentAddressableStorageServer(s, newCASServer(cas, opts))
 	bspb.RegisterByteStreamServer(s, newByteStreamServer(cas, opts))
