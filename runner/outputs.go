@@ -142,11 +142,11 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 	if err != nil {
 		return wrapOutput(err, s.name)
 	}
+	if err := c.checkKind(s, st.Mode&unix.S_IFMT); err != nil {
+		return err
+	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		if s.kind == outputDirectory {
-			return nil
-		}
 		fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return wrapOutput(err, s.name)
@@ -171,9 +171,6 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 			result.OutputDirectorySymlinks = append(result.OutputDirectorySymlinks, sym)
 		}
 	case unix.S_IFDIR:
-		if s.kind == outputFile {
-			return nil
-		}
 		var fd int
 		if pfd < 0 {
 			fd, err = c.dir.openBeneath(".", unix.O_RDONLY|unix.O_DIRECTORY)
@@ -214,6 +211,49 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 			od.RootDirectoryDigest = rd.Proto()
 		}
 		result.OutputDirectories = append(result.OutputDirectories, od)
+	}
+	return nil
+}
+
+// checkKind refuses, with FAILED_PRECONDITION, an output of the wrong kind for the v2.0 field
+// that asked for it, as the ActionResult comments say the server will: a directory (or a
+// symlink to one) listed in output_files, a regular file (or a symlink to one) listed in
+// output_directories. output_paths accepts every kind. A symlink whose target is absent or
+// outside the input root has no kind to check and is reported as a symlink.
+func (c *outputCollector) checkKind(s outputSpec, mode uint32) error {
+	if s.kind == outputAny {
+		return nil
+	}
+	what := "a regular file"
+	if mode == unix.S_IFDIR {
+		what = "a directory"
+	}
+	if mode == unix.S_IFLNK {
+		fd, err := c.dir.openBeneath(s.rel, unix.O_PATH)
+		if err != nil {
+			return nil // Dangling, or resolving outside the root.
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if err != nil {
+			return nil
+		}
+		mode = st.Mode & unix.S_IFMT
+		what = "a symbolic link to a regular file"
+		if mode == unix.S_IFDIR {
+			what = "a symbolic link to a directory"
+		} else if mode != unix.S_IFREG {
+			what = "a symbolic link to a special file"
+		}
+	} else if mode != unix.S_IFREG && mode != unix.S_IFDIR {
+		return nil // Sockets, FIFOs and devices are left out.
+	}
+	switch {
+	case s.kind == outputFile && mode != unix.S_IFREG:
+		return status.Errorf(codes.FailedPrecondition, "Output file %q is %s, not a regular file (list directories in output_directories, or use output_paths)", s.name, what)
+	case s.kind == outputDirectory && mode != unix.S_IFDIR:
+		return status.Errorf(codes.FailedPrecondition, "Output directory %q is %s, not a directory (list files in output_files, or use output_paths)", s.name, what)
 	}
 	return nil
 }

@@ -342,7 +342,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 	if err := r.inputs.materialize(ctx, ps, rootDigest, dir.root); err != nil {
 		return nil, err
 	}
-	if err := dir.mkdirAll(workDir); err != nil {
+	if err := dir.checkWorkingDirectory(workDir); err != nil {
 		return nil, err
 	}
 	if err := outs.createParents(dir); err != nil {
