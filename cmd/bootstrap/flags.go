@@ -8,6 +8,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/bootstrap"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 )
 
 // envPrefix prefixes the environment variable each flag falls back to:
@@ -16,7 +17,8 @@ const envPrefix = "BUILDFLEET_BOOTSTRAP"
 
 // parseFlags parses the bootstrapper's command line: its own flags, then "--" and the
 // arguments passed to the worker.
-func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bootstrap.Config, error) {
+// It also returns the --log-format value.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bootstrap.Config, string, error) {
 	var c bootstrap.Config
 	fs := flag.NewFlagSet("bootstrap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -43,6 +45,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 	fs.IntVar(&c.Retry.Attempts, "retries", bootstrap.DefaultRetryPolicy.Attempts, "download attempts before giving up")
 	fs.DurationVar(&c.Retry.Initial, "retry-initial-backoff", bootstrap.DefaultRetryPolicy.Initial, "wait after the first failed download; doubles each time")
 	fs.DurationVar(&c.Retry.Max, "retry-max-backoff", bootstrap.DefaultRetryPolicy.Max, "longest wait between download attempts")
+	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	flagenv.AnnotateUsage(fs, envPrefix)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: bootstrap --worker-url=URL --worker-sha256=HEX [flags] [-- worker arguments]\n\n")
@@ -57,10 +60,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 		}
 	}
 	if err := flagenv.Parse(fs, envPrefix, own, getenv); err != nil {
-		return c, err
+		return c, "", err
+	}
+	if err := logformat.Check(*logFormat); err != nil {
+		return c, "", err
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q (worker arguments go after --)", fs.Arg(0))
+		return c, "", fmt.Errorf("unexpected argument %q (worker arguments go after --)", fs.Arg(0))
 	}
 	c.WorkerArgs = workerArgs
 	if *packages != "none" {
@@ -70,5 +76,5 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 			}
 		}
 	}
-	return c, nil
+	return c, *logFormat, nil
 }

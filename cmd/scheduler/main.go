@@ -23,6 +23,7 @@ import (
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 	"github.com/buildfleet/buildfleet/internal/metrics"
 	"github.com/buildfleet/buildfleet/scheduler"
 	"github.com/buildfleet/buildfleet/storage"
@@ -51,6 +52,7 @@ func run(args []string) error {
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
 	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
 	unmatchedTimeout := fs.Duration("unmatched-platform-timeout", 5*time.Minute, "how long an action no connected worker can run waits before failing")
@@ -83,7 +85,11 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
 	}
-	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
+	logOut, err := logformat.Writer(os.Stderr, *logFormat)
+	if err != nil {
+		return err
+	}
+	logger := zerolog.New(logOut).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
 	cas, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
