@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sys/unix"
@@ -46,6 +47,9 @@ type outputSpec struct {
 type outputs struct {
 	specs  []outputSpec
 	format repb.Command_OutputDirectoryFormat
+	// absoluteSymlinks accepts output symlinks with absolute targets (the worker runs with
+	// --allow-escaping-symlinks); otherwise they are FAILED_PRECONDITION.
+	absoluteSymlinks bool
 }
 
 // parseOutputs validates the outputs of cmd, taken from output_paths (REAPI 2.1) or else
@@ -98,14 +102,15 @@ func (o *outputs) createParents(d *actionDir) error {
 // outputCollector gathers the outputs of a finished action into an ActionResult and the blobs
 // to upload. It reads only inside the input root and never follows a symlink it reports.
 type outputCollector struct {
-	dir    *actionDir
-	blobs  map[digest.Digest]uploadSource
-	inline int64
+	dir              *actionDir
+	absoluteSymlinks bool
+	blobs            map[digest.Digest]uploadSource
+	inline           int64
 }
 
 // collect fills result's output fields for o and returns the blobs to upload.
 func (o *outputs) collect(d *actionDir, result *repb.ActionResult) (map[digest.Digest]uploadSource, error) {
-	c := &outputCollector{dir: d, blobs: make(map[digest.Digest]uploadSource)}
+	c := &outputCollector{dir: d, blobs: make(map[digest.Digest]uploadSource), absoluteSymlinks: o.absoluteSymlinks}
 	for _, s := range o.specs {
 		if err := c.collectOne(o, s, result); err != nil {
 			return nil, err
@@ -160,6 +165,9 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 		target, err := readlinkat(pfd, base)
 		if err != nil {
 			return wrapOutput(err, s.name)
+		}
+		if err := c.checkSymlinkTarget(s.name, target); err != nil {
+			return err
 		}
 		sym := &repb.OutputSymlink{Path: s.name, Target: target}
 		switch s.kind {
@@ -254,6 +262,17 @@ func (c *outputCollector) checkKind(s outputSpec, mode uint32) error {
 		return status.Errorf(codes.FailedPrecondition, "Output file %q is %s, not a regular file (list directories in output_directories, or use output_paths)", s.name, what)
 	case s.kind == outputDirectory && mode != unix.S_IFDIR:
 		return status.Errorf(codes.FailedPrecondition, "Output directory %q is %s, not a directory (list files in output_files, or use output_paths)", s.name, what)
+	}
+	return nil
+}
+
+// checkSymlinkTarget refuses an output symlink with an absolute target with
+// FAILED_PRECONDITION: the scheduler advertises SymlinkAbsolutePathStrategy DISALLOWED, under
+// which REAPI says that "a FAILED_PRECONDITION will be returned". A worker that allows escaping
+// input symlinks allows these too.
+func (c *outputCollector) checkSymlinkTarget(name, target string) error {
+	if !c.absoluteSymlinks && strings.HasPrefix(target, "/") {
+		return status.Errorf(codes.FailedPrecondition, "Output symlink %q has the absolute target %q, which this server does not accept (SymlinkAbsolutePathStrategy DISALLOWED): make it relative", name, target)
 	}
 	return nil
 }
@@ -387,6 +406,9 @@ func (tb *treeBuilder) walk(fd int, rel string) (*repb.Directory, error) {
 		case unix.S_IFLNK:
 			target, err := readlinkat(fd, name)
 			if err != nil {
+				return nil, err
+			}
+			if err := tb.c.checkSymlinkTarget(childRel, target); err != nil {
 				return nil, err
 			}
 			dir.Symlinks = append(dir.Symlinks, &repb.SymlinkNode{Name: name, Target: target})

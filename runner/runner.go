@@ -315,6 +315,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 	if err != nil {
 		return nil, err
 	}
+	outs.absoluteSymlinks = r.cfg.AllowEscapingSymlinks
 	iso := isolation{user: r.cfg.RunAs, namespaces: r.cfg.Sandbox == SandboxNamespaces, networkOff: wantsNetworkOff(action, cmd), hide: r.hide}
 	if iso.networkOff && !iso.namespaces {
 		return nil, status.Error(codes.InvalidArgument, "The action asks for network=off, but this worker runs actions without a sandbox (--sandbox=namespaces) and cannot turn the network off")

@@ -222,6 +222,11 @@ func checkCommand(d digest.Digest, c *repb.Command) error {
 	if len(c.Arguments) == 0 {
 		return status.Errorf(codes.InvalidArgument, "Command %s has no arguments", d)
 	}
+	// REAPI: "If a property is not recognized by the server, the server will return an
+	// INVALID_ARGUMENT." buildfleet recognizes none.
+	if len(c.OutputNodeProperties) > 0 {
+		return status.Errorf(codes.InvalidArgument, "Command %s asks for output node property %q, which this server does not recognize", d, c.OutputNodeProperties[0])
+	}
 	check := func(kind, p string) error {
 		if strings.HasPrefix(p, "/") {
 			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: absolute path", kind, p, d)

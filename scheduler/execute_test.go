@@ -295,6 +295,7 @@ func TestInvalidRequestsAreRejected(t *testing.T) {
 		{"absolute output path", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputPaths: []string{"/etc/passwd"}}).Proto()}, "absolute path"},
 		{"escaping output file", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputFiles: []string{"a/../../b"}}).Proto()}, "contains '..'"},
 		{"escaping output directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputDirectories: []string{".."}}).Proto()}, "contains '..'"},
+		{"unrecognized output node property", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputNodeProperties: []string{"mtime"}}).Proto()}, `output node property "mtime"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
