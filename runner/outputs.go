@@ -56,6 +56,12 @@ type outputs struct {
 // output_files and output_directories. Absolute paths and ".." are INVALID_ARGUMENT.
 func parseOutputs(cmd *repb.Command, workDir string) (*outputs, error) {
 	o := &outputs{format: cmd.GetOutputDirectoryFormat()}
+	switch o.format {
+	case repb.Command_TREE_ONLY, repb.Command_DIRECTORY_ONLY, repb.Command_TREE_AND_DIRECTORY:
+	default:
+		// REAPI: a format the worker does not know "SHOULD" be read as TREE_ONLY.
+		o.format = repb.Command_TREE_ONLY
+	}
 	add := func(name string, kind outputKind) error {
 		if name == "" && kind != outputDirectory {
 			return status.Error(codes.InvalidArgument, "Output path is empty")

@@ -162,6 +162,23 @@ func TestRunDirectoryOnlyFormat(t *testing.T) {
 	}
 }
 
+// An output_directory_format the worker does not know is read as TREE_ONLY (REAPI: the worker
+// "SHOULD interpret this field as TREE_ONLY"), so the directory still reaches the client.
+func TestRunUnknownDirectoryFormatIsTreeOnly(t *testing.T) {
+	f := newFixture(t, nil)
+	cmd := shell("mkdir -p o/s; echo 1 > o/s/f", "o")
+	cmd.OutputDirectoryFormat = repb.Command_OutputDirectoryFormat(42)
+	od := f.mustRun(cmd, nil).GetOutputDirectories()[0]
+	if od.GetTreeDigest() == nil || od.GetRootDirectoryDigest() != nil {
+		t.Fatalf("unknown format gave %v, want a tree digest only", od)
+	}
+	var tree repb.Tree
+	f.cas.getMessage(t, od.GetTreeDigest(), &tree)
+	if len(tree.GetChildren()) != 1 || tree.GetChildren()[0].GetFiles()[0].GetName() != "f" {
+		t.Fatalf("tree = %v", &tree)
+	}
+}
+
 func TestRunSymlinkOutputPointingOutsideIsNotFollowed(t *testing.T) {
 	f := newFixture(t, nil)
 	secret, err := os.ReadFile("/etc/passwd")
