@@ -310,7 +310,6 @@ func TestBadCommandLineExitsTwo(t *testing.T) {
 	}
 }
 
-
 // --log-format (or BUILDFLEET_BOOTSTRAP_LOG_FORMAT) picks the log format: stderr here is a pipe,
 // so auto and json write JSON lines, console writes readable ones; an unknown format is a
 // command-line error (exit 2) naming the accepted values.
