@@ -47,6 +47,7 @@ type operation struct {
 	// cache: no requeue, cancel or second result applies any more.
 	finishing bool
 	done      bool
+	doneAt    time.Time
 	// response is the outcome of a done operation. Every ending, errors included (cancel,
 	// timeout, lost workers, unmatched platform), is an ExecuteResponse with its status set:
 	// REAPI forbids setting Operation.error on an Execute operation.
