@@ -177,7 +177,7 @@ func countsOf(r ExecutionRecord) BuildCounts {
 			c.Remote = 1
 		}
 	default:
-		c.Remote = 1
+		c.Remote, c.Succeeded = 1, 1
 	}
 	return c
 }

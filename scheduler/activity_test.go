@@ -67,7 +67,7 @@ func TestActivityViewsOfABuild(t *testing.T) {
 	if !ok {
 		t.Fatal("Build(inv-1) not found")
 	}
-	if c := d.Counts[""]; c != (scheduler.BuildCounts{Remote: 2, Failed: 1}) {
+	if c := d.Counts[""]; c != (scheduler.BuildCounts{Remote: 2, Succeeded: 1, Failed: 1}) {
 		t.Fatalf("counts %+v, want 2 remote, 1 failed", c)
 	}
 	if len(d.Actions) != 2 || d.Actions[0].Action != bad || d.Actions[0].Outcome != scheduler.OutcomeFailed ||

@@ -80,15 +80,20 @@ func (r ExecutionRecord) Duration() time.Duration {
 
 // BuildCounts are the executions of one build in one instance name, by outcome.
 type BuildCounts struct {
-	// Remote counts executions run by workers (successful or not); Cached results served from
-	// the action cache; Failed executions that failed (also counted in Remote when they ran);
-	// Cancelled executions cancelled by every client.
-	Remote, Cached, Failed, Cancelled int
+	// Remote counts executions run by workers (successful or not); Succeeded those of them
+	// that exited 0; Cached results served from the action cache; Failed executions that
+	// failed (also counted in Remote when they ran); Cancelled executions cancelled by every
+	// client. Every finished execution counts once in Succeeded, Cached, Failed or Cancelled.
+	Remote, Succeeded, Cached, Failed, Cancelled int
 }
+
+// Finished is the number of finished executions counted.
+func (c BuildCounts) Finished() int { return c.Succeeded + c.Cached + c.Failed + c.Cancelled }
 
 // add adds o's counts to c.
 func (c *BuildCounts) add(o BuildCounts) {
 	c.Remote += o.Remote
+	c.Succeeded += o.Succeeded
 	c.Cached += o.Cached
 	c.Failed += o.Failed
 	c.Cancelled += o.Cancelled
