@@ -59,7 +59,8 @@ type buildData struct {
 	Failures []scheduler.ActionSummary
 	Actions  []scheduler.ActionSummary
 	Slowest  []scheduler.ActionSummary
-	Live     []scheduler.ExecutionRecord
+	// LiveActions are the build's queued and executing executions.
+	LiveActions []scheduler.ExecutionRecord
 }
 
 func (c *Console) build(r *http.Request, v *viewer) view {
@@ -90,7 +91,7 @@ func (c *Console) build(r *http.Request, v *viewer) view {
 	}
 	for _, e := range b.Live {
 		if v.CanRead(e.Instance) {
-			d.Live = append(d.Live, e)
+			d.LiveActions = append(d.LiveActions, e)
 		}
 	}
 	title := "Build " + id

@@ -245,6 +245,16 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("failing action ran on %q", ranOn)
 	}
 	b.shot("4-action")
+	b.run("following the action to its worker", 20*time.Second,
+		chromedp.Click(chromedp.CSS(`#worker-link`)),
+		chromedp.WaitVisible(chromedp.CSS(`#recent`)))
+	if h := b.text("h1"); h != "Worker "+ranOn {
+		t.Errorf("worker page heading %q, want Worker %s", h, ranOn)
+	}
+	if got := b.text("#recent"); !strings.Contains(got, "Genrule") || !strings.Contains(got, "failed") {
+		t.Errorf("worker page's recent actions lack the failed Genrule: %q", got)
+	}
+	b.shot("5-worker")
 
 	// An action that runs until the test lets it end, then SIGTERM to the worker running it.
 	c := newPantsClient(t, s.addr, "")
@@ -276,7 +286,7 @@ func TestConsoleInChromium(t *testing.T) {
 	if d := b.text(row2 + ` .drain`); !strings.Contains(d, "signal") {
 		t.Errorf("draining worker's notice reads %q, want the signal kind", d)
 	}
-	b.shot("5-fleet-draining")
+	b.shot("6-fleet-draining")
 
 	g.open(t, "go")
 	if r := <-res; r.err != nil || r.resp.GetResult().GetExitCode() != 0 {
@@ -292,8 +302,8 @@ func TestConsoleInChromium(t *testing.T) {
 	if !strings.Contains(tl, victim) || !strings.Contains(tl, "signal") {
 		t.Errorf("preemption timeline row: %q", tl)
 	}
-	b.shot("6-fleet-gone")
+	b.shot("7-fleet-gone")
 	b.run("opening the queue page", 20*time.Second,
 		chromedp.Navigate(base+"/console/queue"), chromedp.WaitVisible(chromedp.CSS(`.chart`)))
-	b.shot("7-queue")
+	b.shot("8-queue")
 }
