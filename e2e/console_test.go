@@ -240,6 +240,15 @@ func TestConsoleInChromium(t *testing.T) {
 	if got := b.text("#exit-code"); got != "3" {
 		t.Errorf("failing action's exit code %q, want 3", got)
 	}
+	// What Bazel 4.2.3 sends in its RequestMetadata header, as the scheduler recorded it.
+	b.run("opening the request metadata", 10*time.Second, chromedp.Click(chromedp.CSS(`details.meta summary`)))
+	md := b.text("#request-metadata")
+	t.Logf("RequestMetadata of Bazel 4.2.3 (Debian bazel-bootstrap):\n%s", md)
+	for _, want := range []string{"bazel", second, "Genrule", "//:broken"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("request metadata lacks %q:\n%s", want, md)
+		}
+	}
 	ranOn := b.text("#worker-link")
 	if ranOn != "worker-a" && ranOn != "worker-b" {
 		t.Errorf("failing action ran on %q", ranOn)

@@ -15,12 +15,14 @@ const maxMetadataField = 256
 // Pants' older v1test one of the same wire shape), with every string cut to
 // maxMetadataField bytes, or nil when the client sent none or an undecodable one.
 //
-// What clients fill, as captured from them: Bazel 4.2.3 sends tool_details (tool_name
-// "bazel", tool_version "4.2.3" or "" on a build without a release), action_id,
-// tool_invocation_id (--invocation_id, a fresh UUID per command) and correlated_invocations_id
-// (--build_request_id); newer Bazel adds action_mnemonic, target_id and configuration_id.
-// Pants sends tool_details.tool_name "pants" with its version, and its run's build id as
-// tool_invocation_id.
+// What clients fill: Bazel 4.2.3 (captured by e2e/console_test.go) sends all of them:
+// tool_details.tool_name "bazel" (tool_version is empty on Debian's bazel-bootstrap, which has
+// no release label), action_id (the action digest's hash), tool_invocation_id (--invocation_id,
+// a fresh UUID per command), correlated_invocations_id (--build_request_id), action_mnemonic
+// (e.g. "Genrule"), target_id (e.g. "//:broken") and configuration_id. Pants (its
+// apply_headers, on the older v1test header) sends only tool_details.tool_name "pants" and
+// its build id as tool_invocation_id: its actions group into one build per run, without
+// mnemonic or target.
 func requestMetadataOf(ctx context.Context) *repb.RequestMetadata {
 	md, ok := metadata.FromIncomingContext(ctx)
 	if !ok {
