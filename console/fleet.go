@@ -126,7 +126,7 @@ func (c *Console) worker(r *http.Request, v *viewer) view {
 		}
 	}
 	if len(d.Sessions) == 0 && len(d.Recent) == 0 && len(d.Interruption) == 0 {
-		return errorView(http.StatusNotFound, "Unknown worker", "The scheduler has no worker "+bot+" (gone workers are forgotten after --gone-worker-retention).")
+		return errorView(http.StatusNotFound, "Unknown worker", "The scheduler has no worker "+bot+" (a gone worker is forgotten 10 minutes after it went).")
 	}
 	return view{template: "worker", title: "Worker " + bot, nav: "fleet", live: true, data: d}
 }
