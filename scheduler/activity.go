@@ -230,9 +230,13 @@ func (a *activity) buildLocked(md *repb.RequestMetadata, now time.Time) *buildRe
 
 // add remembers a finished execution of the build.
 func (b *buildRecord) add(r ExecutionRecord, c BuildCounts) {
-	cur := b.summary.Counts[r.Instance]
+	inst := r.Instance
+	if _, ok := b.summary.Counts[inst]; !ok && len(b.summary.Counts) >= maxBucketInstances {
+		inst = OtherInstances
+	}
+	cur := b.summary.Counts[inst]
 	cur.add(c)
-	b.summary.Counts[r.Instance] = cur
+	b.summary.Counts[inst] = cur
 	s := ActionSummary{
 		Instance: r.Instance, Action: r.Action, Mnemonic: r.Metadata.GetActionMnemonic(),
 		TargetID: r.Metadata.GetTargetId(), Outcome: r.Outcome, ExitCode: r.ExitCode, StatusCode: r.StatusCode,

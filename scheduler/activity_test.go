@@ -1,11 +1,14 @@
 package scheduler_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"
@@ -145,5 +148,55 @@ func TestActivityInterruptions(t *testing.T) {
 	o := got["other"]
 	if o.Announced || o.Kind != "" || o.Lost != 1 || o.LostWork != 70*time.Second || o.GoneAt.IsZero() {
 		t.Fatalf("unannounced interruption %+v", o)
+	}
+}
+
+// What the views remember is bounded: a flood of cache hits from many builds keeps the last
+// 1000 executions, the 50 most recently active builds and 1000 actions of a build, while the
+// counts stay exact.
+func TestActivityIsBounded(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	d := e.putAction("cached")
+	if err := e.ac.Put(e.ctx, "", d, &repb.ActionResult{}); err != nil {
+		t.Fatal(err)
+	}
+	rac := e.sched.RecordingActionCache(e.ac)
+	hit := func(invocation string) {
+		md := bazelMetadata(t, invocation, "Genrule", "//:x")
+		if _, err := rac.Get(metadata.NewIncomingContext(e.ctx, metadata.Pairs(md...)), "", d); err != nil {
+			t.Fatal(err)
+		}
+		e.clk.Advance(time.Millisecond)
+	}
+	for i := 0; i < 60; i++ {
+		hit(fmt.Sprintf("inv-%03d", i))
+	}
+	for i := 0; i < 1140; i++ {
+		hit("inv-059")
+	}
+	if n := len(e.sched.Executions(d)); n != 1000 {
+		t.Errorf("%d executions remembered, want the last 1000", n)
+	}
+	builds := e.sched.Builds()
+	if len(builds) != 50 || builds[0].ID != "inv-059" {
+		t.Fatalf("%d builds remembered, newest %q; want 50, inv-059", len(builds), builds[0].ID)
+	}
+	for _, b := range builds {
+		want := 1
+		if b.ID == "inv-059" {
+			want = 1141
+		}
+		if b.ID < "inv-010" {
+			t.Errorf("build %s should have been dropped (least recently active)", b.ID)
+		}
+		if c := b.Counts[""]; c.Cached != want || c.Finished() != want {
+			t.Errorf("build %s counts %+v, want %d cached", b.ID, c, want)
+		}
+	}
+	if bd, ok := e.sched.Build("inv-059"); !ok || len(bd.Actions) != 1000 {
+		t.Errorf("build inv-059 lists %d actions, want the last 1000", len(bd.Actions))
+	}
+	if _, err := rac.Get(e.ctx, "", e.putAction("never cached")); status.Code(err) != codes.NotFound {
+		t.Errorf("a miss: %v, want NOT_FOUND passed through", err)
 	}
 }
