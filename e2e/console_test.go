@@ -316,3 +316,44 @@ func TestConsoleInChromium(t *testing.T) {
 		chromedp.Navigate(base+"/console/queue"), chromedp.WaitVisible(chromedp.CSS(`.chart`)))
 	b.shot("8-queue")
 }
+
+// With token files, the console in a browser asks for a token, refuses a wrong one, and lets a
+// reader in with a cookie until they sign out.
+func TestConsoleLoginInChromium(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser test skipped in -short mode")
+	}
+	dir := t.TempDir()
+	const reader = "console-reader-token-0123456789abcdef"
+	clients, workers := filepath.Join(dir, "clients"), filepath.Join(dir, "workers")
+	write(t, clients, reader+" * read\n")
+	write(t, workers, "console-worker-token-0123456789abcdef\n")
+	s := startScheduler(t, "", "--client-tokens-file="+clients, "--worker-tokens-file="+workers)
+	b := startBrowser(t)
+	base := "http://" + s.metricsAddr
+	b.run("opening the console without a token", 20*time.Second,
+		chromedp.Navigate(base+"/console/builds"),
+		chromedp.WaitVisible(chromedp.CSS(`#token`)))
+	b.shot("login-1-form")
+	b.run("signing in with a wrong token", 20*time.Second,
+		chromedp.SendKeys(chromedp.CSS(`#token`), "not-a-token"),
+		chromedp.Click(chromedp.CSS(`#signin`)),
+		chromedp.WaitVisible(chromedp.CSS(`#login-error`)))
+	if got := b.text("#login-error"); got != "Unknown token." {
+		t.Errorf("wrong token: %q", got)
+	}
+	b.run("signing in", 20*time.Second,
+		chromedp.SendKeys(chromedp.CSS(`#token`), reader),
+		chromedp.Click(chromedp.CSS(`#signin`)),
+		chromedp.WaitVisible(chromedp.CSS(`h1`)))
+	if h := b.text("h1"); h != "Builds" {
+		t.Errorf("after signing in the page is %q, want Builds (where the user was going)", h)
+	}
+	b.shot("login-2-builds")
+	b.run("signing out", 20*time.Second,
+		chromedp.Click(chromedp.CSS(`header .who button`)),
+		chromedp.WaitVisible(chromedp.CSS(`#token`)))
+	b.run("opening the fleet after signing out", 20*time.Second,
+		chromedp.Navigate(base+"/console/fleet"),
+		chromedp.WaitVisible(chromedp.CSS(`#token`)))
+}

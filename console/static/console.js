@@ -30,6 +30,9 @@
     });
   }
   var failures = 0;
+  // lastHTML is the last content fetched: the page is replaced only when the server's view
+  // changed, so that selections and open details survive quiet refreshes.
+  var lastHTML = null;
   function refresh() {
     if (document.hidden) return;
     fetch(location.href, { headers: { "X-Console-Partial": "1" }, credentials: "same-origin" })
@@ -39,8 +42,8 @@
         return r.text();
       })
       .then(function (html) {
-        var main = document.getElementById("main");
-        if (main.innerHTML !== html) main.innerHTML = html;
+        if (lastHTML !== null && html !== lastHTML) document.getElementById("main").innerHTML = html;
+        lastHTML = html;
         failures = 0;
         setLive(true);
         tick();
