@@ -4,6 +4,7 @@ import (
 	"context"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/storage"
@@ -32,9 +33,12 @@ func (r *recordingActionCache) Get(ctx context.Context, instance string, d diges
 		return nil, err
 	}
 	md := requestMetadataOf(ctx)
+	// The caller may change the result it gets (the ActionCache service inlines outputs into
+	// it): the record keeps a copy of its own.
+	kept := proto.Clone(res).(*repb.ActionResult)
 	s := r.s
 	s.enter()
-	s.act.cacheHitLocked(instance, d, md, res, s.clk.Now())
+	s.act.cacheHitLocked(instance, d, md, kept, s.clk.Now())
 	s.leave()
 	return res, nil
 }
