@@ -31,6 +31,7 @@ type manifests struct {
 	pdbs        map[string]*policyv1.PodDisruptionBudget
 	services    map[string]*corev1.Service
 	pvcs        map[string]*corev1.PersistentVolumeClaim
+	configMaps  map[string]*corev1.ConfigMap
 	kustomize   *kustomization
 	files       []string
 }
@@ -45,7 +46,8 @@ type kustomization struct {
 func load(t *testing.T) *manifests {
 	t.Helper()
 	m := &manifests{deployments: map[string]*appsv1.Deployment{}, hpas: map[string]*autoscalingv2.HorizontalPodAutoscaler{},
-		pdbs: map[string]*policyv1.PodDisruptionBudget{}, services: map[string]*corev1.Service{}, pvcs: map[string]*corev1.PersistentVolumeClaim{}}
+		pdbs: map[string]*policyv1.PodDisruptionBudget{}, services: map[string]*corev1.Service{}, pvcs: map[string]*corev1.PersistentVolumeClaim{},
+		configMaps: map[string]*corev1.ConfigMap{}}
 	files, _ := filepath.Glob(filepath.Join(manifestDir, "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no manifests")
@@ -89,6 +91,10 @@ func load(t *testing.T) *manifests {
 				var p corev1.PersistentVolumeClaim
 				strict(&p)
 				m.pvcs[p.Name] = &p
+			case "v1 ConfigMap":
+				var c corev1.ConfigMap
+				strict(&c)
+				m.configMaps[c.Name] = &c
 			case "kustomize.config.k8s.io/v1beta1 Kustomization":
 				var k kustomization
 				strict(&k)

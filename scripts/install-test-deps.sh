@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs everything the test suite needs, idempotently:
 # Debian packages (Bazel 4.2.3 and the netty-tcnative it needs for TLS, protoc, Chromium),
-# Bazel 2.1.0 from npm, and Go tools.
+# Bazel 2.1.0 from npm, and Go tools (protoc plugins, ec2-metadata-mock, versitygw,
+# fake-gcs-server).
 # Re-running it when everything is present does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,8 @@ mkdir -p "$GOBIN"
 [ -x "$GOBIN/ec2-metadata-mock" ] || go install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@v1.13.0
 [ -x "$GOBIN/protoc-gen-go" ] || go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 [ -x "$GOBIN/protoc-gen-go-grpc" ] || go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
+# Object-store engines for the storage and e2e tests: versitygw (S3, POSIX backend) and
+# fake-gcs-server (GCS). Tests start them on 127.0.0.1 and skip when they are missing.
+[ -x "$GOBIN/versitygw" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+[ -x "$GOBIN/fake-gcs-server" ] || go install github.com/fsouza/fake-gcs-server@v1.56.1
 echo "install-test-deps: ok (tools in $TOOLS_DIR)"

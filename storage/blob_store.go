@@ -1,6 +1,20 @@
 // Package storage holds buildfleet's content-addressable storage and action cache behind small
-// interfaces, the embedded disk backend, and the REAPI gRPC services built on them (CAS,
-// ByteStream, ActionCache, Capabilities).
+// interfaces, the embedded disk backend, the object store backends (S3 and GCS, with the disk
+// store as a local tier in front), and the REAPI gRPC services built on them (CAS, ByteStream,
+// ActionCache, Capabilities).
+//
+// Object store key layout, under the bucket's prefix (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX):
+//
+//	PREFIX/cas/HASH   the blob whose SHA-256 is HASH (lower-case hex); its size is the blob's
+//	PREFIX/ac/KEY     a serialized ActionResult; KEY is the hex SHA-256 of the instance name's
+//	                  length (8 bytes, big-endian), the instance name and "HASH/SIZE" of the
+//	                  action digest
+//
+// Blobs are written once and only after their content was verified; action results are
+// replaced by newer ones. Objects age out by the bucket's lifecycle rule (S3: expiration days
+// after the last modification; GCS: days since custom time) unless they are used: an object
+// used when it is older than the refresh age is refreshed (copied onto itself on S3, its custom
+// time moved forward on GCS).
 package storage
 
 import (

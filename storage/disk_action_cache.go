@@ -61,6 +61,12 @@ func NewDiskActionCache(dir string, logger zerolog.Logger) (*DiskActionCache, er
 // key returns the file name of the entry for action d in instance. The instance name is
 // length-prefixed so that no two (instance, digest) pairs share a key.
 func (c *DiskActionCache) key(instance string, d digest.Digest) string {
+	return actionCacheKey(instance, d)
+}
+
+// actionCacheKey returns the hex SHA-256 of the length-prefixed instance name and the action
+// digest, the key of an action cache entry on disk and in an object store.
+func actionCacheKey(instance string, d digest.Digest) string {
 	h := sha256.New()
 	var n [8]byte
 	binary.BigEndian.PutUint64(n[:], uint64(len(instance)))

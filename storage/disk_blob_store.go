@@ -3,8 +3,6 @@ package storage
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -332,22 +330,44 @@ func (s *DiskBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) ([]
 
 // Put implements BlobStore. A blob already present is refreshed without reading r.
 func (s *DiskBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader) error {
+	f, err := s.put(ctx, d, r, false)
+	if f != nil {
+		f.Close()
+	}
+	return err
+}
+
+// putOpen is Put that also returns the stored blob open for reading from its start, so that
+// a caller can pass the verified content on even if the blob is evicted meanwhile.
+func (s *DiskBlobStore) putOpen(ctx context.Context, d digest.Digest, r io.Reader) (*os.File, error) {
+	return s.put(ctx, d, r, true)
+}
+
+func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, open bool) (*os.File, error) {
 	if d.Size > s.maxSize {
-		return status.Errorf(codes.ResourceExhausted, "Failed to store blob %s: its %d bytes exceed the storage size bound of %d bytes", d, d.Size, s.maxSize)
+		return nil, status.Errorf(codes.ResourceExhausted, "Failed to store blob %s: its %d bytes exceed the storage size bound of %d bytes", d, d.Size, s.maxSize)
 	}
 	if d.IsEmpty() {
 		var one [1]byte
 		if n, _ := io.ReadFull(r, one[:]); n > 0 {
-			return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than the digest's size", d)
+			return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than the digest's size", d)
 		}
-		return nil
+		if open {
+			return s.openPresent(d)
+		}
+		return nil, nil
 	}
-	if s.refresh(d) {
-		return nil
+	if !open && s.refresh(d) {
+		return nil, nil
+	}
+	if open {
+		if f, err := s.openPresent(d); err == nil {
+			return f, nil
+		}
 	}
 	tmp, err := os.CreateTemp(s.tmpDir, d.Hash[:16]+"-*")
 	if err != nil {
-		return status.Errorf(codes.Internal, "Failed to store blob %s: %v", d, err)
+		return nil, status.Errorf(codes.Internal, "Failed to store blob %s: %v", d, err)
 	}
 	committed := false
 	defer func() {
@@ -356,35 +376,64 @@ func (s *DiskBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader) e
 			os.Remove(tmp.Name())
 		}
 	}()
-	h := sha256.New()
+	v := newVerifyingWriter(tmp, d)
 	bufp := copyBuffers.Get().(*[]byte)
-	n, err := io.CopyBuffer(io.MultiWriter(tmp, h), &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
+	_, err = io.CopyBuffer(v, &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
 	copyBuffers.Put(bufp)
-	if err != nil {
+	if err != nil && !v.TooLong() {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			return status.FromContextError(ctxErr).Err()
+			return nil, status.FromContextError(ctxErr).Err()
 		}
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
+		return nil, wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
 	}
-	if n > d.Size {
+	if err := v.Verify(); err != nil {
 		s.metrics.rejected.Inc()
-		return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
-	}
-	if actual := hex.EncodeToString(h.Sum(nil)); n != d.Size || actual != d.Hash {
-		s.metrics.rejected.Inc()
-		return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content has digest %s/%d", d, actual, n)
+		if v.TooLong() {
+			return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
+		}
+		return nil, wrapError(err, codes.InvalidArgument, "Failed to store blob %s", d)
 	}
 	if err := tmp.Sync(); err != nil {
-		return status.Errorf(codes.Internal, "Failed to sync blob %s: %v", d, err)
+		return nil, status.Errorf(codes.Internal, "Failed to sync blob %s: %v", d, err)
 	}
 	if err := tmp.Close(); err != nil {
-		return status.Errorf(codes.Internal, "Failed to close blob %s: %v", d, err)
+		return nil, status.Errorf(codes.Internal, "Failed to close blob %s: %v", d, err)
 	}
 	now := s.clock.Now()
 	if err := os.Chtimes(tmp.Name(), now, now); err != nil {
-		return status.Errorf(codes.Internal, "Failed to stamp blob %s: %v", d, err)
+		return nil, status.Errorf(codes.Internal, "Failed to stamp blob %s: %v", d, err)
 	}
-	return s.commit(d, tmp.Name(), now, &committed)
+	var f *os.File
+	if open {
+		// Opened before the rename: the descriptor reads the verified content whatever
+		// happens to the name afterwards.
+		if f, err = os.Open(tmp.Name()); err != nil {
+			return nil, status.Errorf(codes.Internal, "Failed to open blob %s: %v", d, err)
+		}
+	}
+	if err := s.commit(d, tmp.Name(), now, &committed); err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// openPresent opens the whole of blob d if the store holds it, marking it used.
+func (s *DiskBlobStore) openPresent(d digest.Digest) (*os.File, error) {
+	if d.IsEmpty() {
+		f, err := os.Open(s.path(d.Hash))
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "Failed to open blob %s: %v", d, err)
+		}
+		return f, nil
+	}
+	r, err := s.Get(context.Background(), d, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	return r.(*os.File), nil
 }
 
 // refresh marks d as used and reports whether it is present.

@@ -97,8 +97,8 @@ func dirs(t *testing.T) []string {
 		out = append(out, m...)
 	}
 	sort.Strings(out)
-	if len(out) != 4 {
-		t.Fatalf("found %v, want two modules and two examples", out)
+	if len(out) != 6 {
+		t.Fatalf("found %v, want four modules and two examples", out)
 	}
 	return out
 }
@@ -206,7 +206,7 @@ func TestExamplesMatchModules(t *testing.T) {
 			iterators := map[string]bool{}
 			for _, body := range c.bodies {
 				for _, tr := range traversals(body, iterators) {
-					if tr.RootName() == "module" && len(tr) > 2 {
+					if tr.RootName() == "module" && len(tr) > 2 && tr[1].(hcl.TraverseAttr).Name == name {
 						out := tr[2].(hcl.TraverseAttr).Name
 						if mod.outputs[out] == nil {
 							t.Errorf("%s: module.%s.%s is not an output of %s", ex, name, out, src)
@@ -413,4 +413,38 @@ func keys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// TestCacheBucketModules checks the object store buckets: an expiration lifecycle rule driven
+// by expiration_days on the cache's prefix, and scheduler access scoped to the one bucket.
+func TestCacheBucketModules(t *testing.T) {
+	aws := load(t, "modules/aws-cache-bucket")
+	lc := aws.resources["aws_s3_bucket_lifecycle_configuration.cache"]
+	if lc == nil {
+		t.Fatal("aws-cache-bucket has no lifecycle configuration")
+	}
+	rule := block(t, lc.Body, "rule")
+	expectLiteral(t, rule, "status", cty.StringVal("Enabled"))
+	expectRef(t, block(t, rule, "expiration"), "days", "var.expiration_days")
+	expectRef(t, block(t, rule, "filter"), "prefix", "local.key_prefix")
+	policy := aws.data["aws_iam_policy_document.scheduler"].Body
+	for _, st := range policy.Blocks {
+		res := string(st.Body.Attributes["resources"].Expr.Range().SliceBytes(fileBytes(t, st.Body.Attributes["resources"].Expr.Range().Filename)))
+		if !strings.Contains(res, "aws_s3_bucket.cache.arn") || strings.Contains(res, `"*"`) {
+			t.Errorf("policy statement resources %s are not scoped to the cache bucket", res)
+		}
+	}
+	if aws.resources["aws_iam_policy.scheduler"] == nil || aws.resources["aws_s3_bucket_public_access_block.cache"] == nil {
+		t.Error("aws-cache-bucket lacks the scheduler policy or the public access block")
+	}
+
+	gcp := load(t, "modules/gcp-cache-bucket")
+	bucket := gcp.resources["google_storage_bucket.cache"].Body
+	expectLiteral(t, bucket, "uniform_bucket_level_access", cty.True)
+	lr := block(t, bucket, "lifecycle_rule")
+	expectRef(t, block(t, lr, "condition"), "days_since_custom_time", "var.expiration_days")
+	expectLiteral(t, block(t, lr, "action"), "type", cty.StringVal("Delete"))
+	member := gcp.resources["google_storage_bucket_iam_member.scheduler"].Body
+	expectRef(t, member, "bucket", "google_storage_bucket.cache.name")
+	expectLiteral(t, member, "role", cty.StringVal("roles/storage.objectUser"))
 }

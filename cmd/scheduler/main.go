@@ -1,6 +1,7 @@
 // Command scheduler runs the buildfleet scheduler: the REAPI services (Execution, ActionCache,
 // CAS, ByteStream, Capabilities) for Pants and Bazel, and the Remote Workers API for workers,
-// on one gRPC port, with embedded disk storage.
+// on one gRPC port, with embedded disk storage or, with --object-store, an S3 or GCS bucket
+// behind the disk as a local tier.
 package main
 
 import (
@@ -67,6 +68,7 @@ func run(args []string) error {
 	clientTokens := fs.String("client-tokens-file", "", "client token grants, one 'TOKEN INSTANCE_PATTERN PERMISSIONS' a line; reloaded on SIGHUP")
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
+	objectStore := registerObjectStoreFlags(fs)
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -88,15 +90,22 @@ func run(args []string) error {
 	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
-	cas, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
+	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
 	if err != nil {
 		return fmt.Errorf("opening storage: %w", err)
 	}
-	diskAC, err := storage.NewDiskActionCache(filepath.Join(*storageDir, "ac"), logger)
-	if err != nil {
+	var cas storage.BlobStore = disk
+	var baseAC storage.ActionCache
+	if *objectStore.url != "" {
+		if cas, baseAC, err = openObjectStorage(context.Background(), objectStore, disk, *storageDir, logger, reg); err != nil {
+			return err
+		}
+	} else if objectStore.anySet() {
+		return errors.New("--s3-endpoint, --s3-region and --s3-force-path-style need --object-store=s3://BUCKET/PREFIX")
+	} else if baseAC, err = storage.NewDiskActionCache(filepath.Join(*storageDir, "ac"), logger); err != nil {
 		return fmt.Errorf("opening action cache: %w", err)
 	}
-	ac := storage.NewCompletenessCheckingActionCache(diskAC, cas)
+	ac := storage.NewCompletenessCheckingActionCache(baseAC, cas)
 
 	authz, err := auth.New(auth.Config{ClientTokensFile: *clientTokens, WorkerTokensFile: *workerTokens, Registerer: reg}, logger)
 	if err != nil {

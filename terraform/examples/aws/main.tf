@@ -115,3 +115,25 @@ output "worker_role_arn" {
   description = "The workers' instance role."
   value       = module.workers.iam_role_arn
 }
+
+# The scheduler's cache in S3 (run the scheduler with --object-store set to the output below);
+# the policy goes on the scheduler's role.
+variable "scheduler_role_name" {
+  description = "IAM role of the scheduler's instances (or its pod identity)."
+  type        = string
+}
+
+module "cache" {
+  source = "../../modules/aws-cache-bucket"
+
+  bucket_name         = "example-buildfleet-cache"
+  prefix              = "buildfleet"
+  expiration_days     = 30
+  scheduler_role_name = var.scheduler_role_name
+  tags                = { team = "build-infra" }
+}
+
+output "object_store_url" {
+  description = "The scheduler's --object-store."
+  value       = module.cache.object_store_url
+}

@@ -74,3 +74,25 @@ output "instance_group_manager" {
   description = "The workers' managed instance group."
   value       = module.workers.instance_group_manager
 }
+
+# The scheduler's cache in GCS (run the scheduler with --object-store set to the output below,
+# as the service account given here).
+variable "scheduler_service_account" {
+  description = "E-mail of the scheduler's service account."
+  type        = string
+}
+
+module "cache" {
+  source = "../../modules/gcp-cache-bucket"
+
+  bucket_name               = "${var.project}-buildfleet-cache"
+  location                  = var.region
+  prefix                    = "buildfleet"
+  expiration_days           = 30
+  scheduler_service_account = var.scheduler_service_account
+}
+
+output "object_store_url" {
+  description = "The scheduler's --object-store."
+  value       = module.cache.object_store_url
+}

@@ -1,0 +1,157 @@
+package storage
+
+import (
+	"context"
+	"io"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/buildfleet/buildfleet/internal/digest"
+)
+
+// TieredBlobStore is a BlobStore in an object store (ObjectBlobStore, the copy that outlives
+// machines) with a DiskBlobStore in front of it as a bounded local tier.
+//
+//   - Get serves from the local tier. On a miss it downloads the whole blob from the object
+//     store into the local tier, where it is hashed while it is written and kept only if it
+//     matches its digest; a corrupt object is a logged miss (NOT_FOUND), never served.
+//     Concurrent misses of one blob share one download. Blobs larger than the local tier are
+//     verified into an unlinked spool file and served from there.
+//   - Put verifies the content into the local tier, then uploads it from there to the object
+//     store (unless the object store has it already) before it returns: an acknowledged blob is
+//     in the bucket.
+//   - FindMissing asks the object store (with its existence cache); the local tier is a cache
+//     and decides nothing about presence.
+//
+// The local tier keeps its least-recently-used order and size bound; evicting from it never
+// loses a blob.
+type TieredBlobStore struct {
+	local    *DiskBlobStore
+	remote   *ObjectBlobStore
+	spoolDir string
+	fills    singleflight.Group
+	logger   zerolog.Logger
+}
+
+// NewTieredBlobStore puts local in front of remote. Blobs too large for local are spooled to
+// spoolDir (os.TempDir() when empty) while they are verified.
+func NewTieredBlobStore(local *DiskBlobStore, remote *ObjectBlobStore, spoolDir string, logger zerolog.Logger) *TieredBlobStore {
+	if spoolDir == "" {
+		spoolDir = os.TempDir()
+	}
+	return &TieredBlobStore{
+		local:    local,
+		remote:   remote,
+		spoolDir: spoolDir,
+		logger:   logger.With().Str("component", "tiered_blob_store").Logger(),
+	}
+}
+
+// Get implements BlobStore.
+func (t *TieredBlobStore) Get(ctx context.Context, d digest.Digest, offset, limit int64) (io.ReadCloser, error) {
+	if err := checkRead(d, offset, limit); err != nil {
+		return nil, err
+	}
+	if d.Size > t.local.MaxSize() {
+		return t.getSpooled(ctx, d, offset, limit)
+	}
+	for attempt := 0; ; attempt++ {
+		r, err := t.local.Get(ctx, d, offset, limit)
+		if status.Code(err) != codes.NotFound || attempt == 2 {
+			return r, err
+		}
+		if err := t.fill(ctx, d); err != nil {
+			return nil, err
+		}
+		// Filled; read it from the local tier (again, should it have been evicted at once).
+	}
+}
+
+// fillTimeout bounds a download into the local tier, plus 1 s per MiB of the blob: a fill
+// outlives the caller that started it (others may wait for it) but never hangs for good.
+const fillTimeout = time.Minute
+
+// fill downloads d from the object store into the local tier, sharing the download with
+// concurrent callers. The download goes on if this caller gives up while others wait.
+func (t *TieredBlobStore) fill(ctx context.Context, d digest.Digest) error {
+	ch := t.fills.DoChan(d.String(), func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fillTimeout+time.Duration(d.Size/minTransferRate)*time.Second)
+		defer cancel()
+		r, err := t.remote.open(fctx, d)
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		err = t.local.Put(fctx, d, r)
+		if status.Code(err) == codes.InvalidArgument {
+			return nil, t.remote.discardCorrupt(fctx, d, err)
+		}
+		if err != nil {
+			return nil, wrapError(err, codes.Unavailable, "Failed to fetch blob %s from the object store", d)
+		}
+		t.remote.metrics.fills.Inc()
+		t.remote.metrics.fillBytes.Add(float64(d.Size))
+		return nil, nil
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// getSpooled serves a blob larger than the local tier from a verified, unlinked spool file.
+func (t *TieredBlobStore) getSpooled(ctx context.Context, d digest.Digest, offset, limit int64) (io.ReadCloser, error) {
+	r, err := t.remote.open(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	f, err := spoolVerified(ctx, t.spoolDir, d, r)
+	r.Close()
+	if status.Code(err) == codes.InvalidArgument {
+		return nil, t.remote.discardCorrupt(ctx, d, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		f.Close()
+		return nil, status.Errorf(codes.Internal, "Failed to seek in blob %s: %v", d, err)
+	}
+	if limit == 0 || limit > d.Size-offset {
+		limit = d.Size - offset
+	}
+	return &sectionReadCloser{Reader: io.LimitReader(f, limit), Closer: f}, nil
+}
+
+// FindMissing implements BlobStore.
+func (t *TieredBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
+	return t.remote.FindMissing(ctx, ds)
+}
+
+// Put implements BlobStore.
+func (t *TieredBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader) error {
+	if d.Size > t.local.MaxSize() {
+		return t.remote.Put(ctx, d, r)
+	}
+	f, err := t.local.putOpen(ctx, d, r)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if d.IsEmpty() {
+		return nil
+	}
+	if present, err := t.remote.exists(ctx, d); err != nil {
+		return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
+	} else if present {
+		return nil
+	}
+	return t.remote.upload(ctx, d, f)
+}
