@@ -342,10 +342,11 @@ func TestConsoleLoginInChromium(t *testing.T) {
 	if got := b.text("#login-error"); got != "Unknown token." {
 		t.Errorf("wrong token: %q", got)
 	}
+	// The sign-out button exists only once signed in: waiting for it waits for the new page.
 	b.run("signing in", 20*time.Second,
 		chromedp.SendKeys(chromedp.CSS(`#token`), reader),
 		chromedp.Click(chromedp.CSS(`#signin`)),
-		chromedp.WaitVisible(chromedp.CSS(`h1`)))
+		chromedp.WaitVisible(chromedp.CSS(`header .who button`)))
 	if h := b.text("h1"); h != "Builds" {
 		t.Errorf("after signing in the page is %q, want Builds (where the user was going)", h)
 	}
