@@ -200,7 +200,7 @@ func (s *Scheduler) newSessionLocked(name string, in *rwpb.BotSession) *botSessi
 	s.sessions[name] = b
 	s.byBot[b.botID] = b
 	s.workersDirty = true
-	s.log.Info().Str("bot_id", b.botID).Str("session", name).Int("capacity", b.capacity).
+	s.log.Info().Str("bot_id", b.botID).Str("session", name).Int("capacity", b.capacity).Str("version", b.version).
 		Str("status", st.String()).Msg("Bot session opened")
 	if st == rwpb.BotStatus_BOT_TERMINATING {
 		s.startDrainLocked(b, drainInfoOf(in.Worker), now)

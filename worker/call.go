@@ -51,10 +51,11 @@ type callResult struct {
 // session returns the bot session as the worker reports it now.
 func (l *loop) session() *rwpb.BotSession {
 	s := &rwpb.BotSession{
-		Name:   l.name,
-		BotId:  l.cfg.WorkerID,
-		Status: rwpb.BotStatus_OK,
-		Worker: l.w.worker,
+		Name:    l.name,
+		BotId:   l.cfg.WorkerID,
+		Version: l.cfg.Version,
+		Status:  rwpb.BotStatus_OK,
+		Worker:  l.w.worker,
 	}
 	if l.phase != serving {
 		s.Status = rwpb.BotStatus_BOT_TERMINATING

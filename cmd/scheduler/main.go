@@ -27,6 +27,7 @@ import (
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
 	"github.com/buildfleet/buildfleet/internal/metrics"
+	"github.com/buildfleet/buildfleet/internal/version"
 	"github.com/buildfleet/buildfleet/scheduler"
 	"github.com/buildfleet/buildfleet/storage"
 )
@@ -69,12 +70,16 @@ func run(args []string) error {
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
+	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if showVersion.Print(os.Stdout, "scheduler") {
+		return nil
 	}
 
 	if *maxStreams < 1 || *maxStreams > 1<<31 {
