@@ -54,7 +54,7 @@ func TestDebInstallsWhereTheBootstrapperExpects(t *testing.T) {
 	}
 	unitPath := "/usr/lib/systemd/system/" + bootstrap.DefaultServiceName + ".service"
 	for _, p := range []string{bootstrap.DefaultInstallPath, "/usr/local/bin/scheduler", "/usr/local/bin/bootstrap",
-		unitPath, "/usr/lib/systemd/system/buildfleet-scheduler.service", bootstrap.DefaultEnvironmentFile, "/etc/buildfleet/scheduler.env"} {
+		unitPath, "/usr/lib/systemd/system/buildfleet-scheduler.service", "/usr/lib/systemd/system/buildfleet-scheduler.socket", bootstrap.DefaultEnvironmentFile, "/etc/buildfleet/scheduler.env"} {
 		if !strings.Contains("\n"+string(listed)+"\n", "\n"+p+"\n") {
 			t.Errorf("package does not install %s:\n%s", p, listed)
 		}
