@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/buildfleet/buildfleet/auth"
+	"github.com/buildfleet/buildfleet/console"
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
@@ -54,7 +56,7 @@ func run(args []string) error {
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
-	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /workers and the web console /console/ (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
@@ -178,7 +180,8 @@ func run(args []string) error {
 	sched := scheduler.New(cfg, cas, ac, clock.System, logger, reg)
 
 	srv := grpc.NewServer(opts...)
-	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
+	// Clients' action cache hits are recorded for the console's builds and throughput.
+	storage.RegisterServices(srv, cas, sched.RecordingActionCache(ac), storage.ServiceOptions{
 		ExecutionEnabled:     true,
 		Logger:               logger,
 		ActionCacheWritable:  authz.MayWriteActionCache,
@@ -197,6 +200,8 @@ func run(args []string) error {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 		ms.Handle("/workers", sched.WorkersHandler())
+		ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, Logger: logger}))
+		ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
 		go func() {
 			if err := ms.Serve(); err != nil {
 				logger.Error().Err(err).Msg("metrics server failed")
