@@ -90,6 +90,10 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 			return op, op.name, nil
 		}
 	}
+	// Right after a failover, the bots running in-flight actions report them first.
+	if err := s.awaitAdoptionWindow(ctx, key); err != nil {
+		return nil, "", err
+	}
 	checked, err := s.checkAction(ctx, a.action)
 	if err != nil {
 		return nil, "", err

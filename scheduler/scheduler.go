@@ -50,6 +50,7 @@ type Scheduler struct {
 	// leases maps the id of every lease of a remembered operation to the lease, current or not,
 	// so that a late result can still be matched.
 	leases    map[string]*lease
+	adopt     adoptionState
 	deadlines deadlineHeap
 	// workersDirty is set when a bot's state, capacity or leases changed: leave then
 	// recomputes the worker gauges.
@@ -85,6 +86,7 @@ func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Cl
 		byBot:    map[string]*botSession{},
 		gone:     map[string]*botSession{},
 		leases:   map[string]*lease{},
+		adopt:    adoptionState{windowEnd: clk.Now().Add(cfg.AdoptionWindow)},
 		done:     make(chan struct{}),
 	}
 }

@@ -1,7 +1,9 @@
 // Command scheduler runs the buildfleet scheduler: the REAPI services (Execution, ActionCache,
 // CAS, ByteStream, Capabilities) for Pants and Bazel, and the Remote Workers API for workers,
 // on one gRPC port, with embedded disk storage or, with --object-store, an S3 or GCS bucket
-// behind the disk as a local tier.
+// behind the disk as a local tier. With --ha=etcd it is one of several replicas: etcd elects the
+// leader that runs the scheduler, and the others forward Execution, Operations and Bots calls
+// to it (package cluster).
 package main
 
 import (
@@ -10,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,10 +20,12 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/buildfleet/buildfleet/auth"
+	"github.com/buildfleet/buildfleet/cluster"
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
@@ -67,6 +72,7 @@ func run(args []string) error {
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
+	ha := registerHAFlags(fs)
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -80,6 +86,19 @@ func run(args []string) error {
 	}
 	if maxBlob < 0 {
 		return fmt.Errorf("--max-blob-size=%s: must not be negative", maxBlob)
+	}
+	haOn, err := ha.enabled()
+	if err != nil {
+		return err
+	}
+	var clusterCfg cluster.Config
+	if haOn {
+		if clusterCfg, err = ha.config(); err != nil {
+			return err
+		}
+		if *objectStore.url == "" {
+			return errors.New("--ha=etcd needs --object-store: every replica serves the CAS and action cache from the shared bucket")
+		}
 	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil {
@@ -130,6 +149,9 @@ func run(args []string) error {
 			return err
 		}
 		opts = append(opts, grpc.Creds(creds))
+		if haOn {
+			return errors.New("--ha=etcd does not support --tls-cert yet: replicas forward to each other in plaintext")
+		}
 	} else if *tlsClientCA != "" {
 		return errors.New("--tls-client-ca needs --tls-cert and --tls-key")
 	}
@@ -141,7 +163,10 @@ func run(args []string) error {
 		MaxQueuePerInstance:   *maxQueue,
 		NoRetries:             *retryLimit == 0,
 	}
-	sched := scheduler.New(cfg, cas, ac, clock.System, logger, reg)
+	if haOn {
+		cfg.AdoptionWindow = *ha.adoptionWindow
+	}
+	newSched := func() *scheduler.Scheduler { return scheduler.New(cfg, cas, ac, clock.System, logger, reg) }
 
 	srv := grpc.NewServer(opts...)
 	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
@@ -150,7 +175,24 @@ func run(args []string) error {
 		ActionCacheWritable: authz.MayWriteActionCache,
 		MaxBlobSizeBytes:    int64(maxBlob),
 	})
-	sched.Register(srv)
+	var (
+		sched   *scheduler.Scheduler
+		node    *cluster.Node
+		workers http.Handler
+	)
+	if haOn {
+		var etcd *clientv3.Client
+		if node, etcd, err = startCluster(clusterCfg, newSched, logger); err != nil {
+			return err
+		}
+		defer etcd.Close()
+		node.Register(srv)
+		workers = node.WorkersHandler()
+	} else {
+		sched = newSched()
+		sched.Register(srv)
+		workers = sched.WorkersHandler()
+	}
 
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -162,7 +204,7 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
-		ms.Handle("/workers", sched.WorkersHandler())
+		ms.Handle("/workers", workers)
 		go func() {
 			if err := ms.Serve(); err != nil {
 				logger.Error().Err(err).Msg("metrics server failed")
@@ -177,6 +219,14 @@ func run(args []string) error {
 	go authz.WatchSignals(ctx, hup)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
+	nodeDone := make(chan struct{})
+	if node != nil {
+		go func() { _ = node.Run(ctx); close(nodeDone) }()
+		logger.Info().Str("advertise", clusterCfg.AdvertiseAddress).Strs("etcd_endpoints", clusterCfg.Endpoints).
+			Msg("scheduler replica campaigning for leadership in etcd")
+	} else {
+		close(nodeDone)
+	}
 	logger.Info().Str("listen", lis.Addr().String()).Str("storage_dir", *storageDir).
 		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
 	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled())
@@ -191,7 +241,10 @@ func run(args []string) error {
 	go func() { srv.GracefulStop(); close(done) }()
 	// Held long-polls and Execute streams end now: workers keep their results and report them
 	// to the next scheduler, clients call WaitExecution on it. Uploads and reads finish.
-	sched.Close()
+	if sched != nil {
+		sched.Close()
+	}
+	<-nodeDone // the replica resigned: the next leader takes over at once
 	select {
 	case <-done:
 	case <-time.After(*shutdownGrace):
