@@ -50,10 +50,33 @@ func (n *Node) Register(srv *grpc.Server) {
 	rwpb.RegisterBotsServer(srv, &botsForwarder{n: n})
 }
 
+// Messages of the UNAVAILABLE answers that mean the leader went away (rather than, say, the
+// bucket being unreachable from a live leader, which is passed on to the client).
+var leaderGoneMessages = []string{
+	notLeaderMessage, shuttingDownMessage,
+	// Transport failures of the connection to the leader.
+	"connection", "transport", "EOF", "closing",
+}
+
+const (
+	notLeaderMessage = "This scheduler replica is not the leader"
+	// shuttingDownMessage is what a closed scheduler (a leader that lost its term) answers.
+	shuttingDownMessage = "Scheduler is shutting down"
+)
+
 // retryable reports whether a failed attempt may be repeated on the (next) leader: the leader
 // was unreachable, stepped down, or was not the leader any more.
 func retryable(err error) bool {
-	return status.Code(err) == codes.Unavailable
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return false
+	}
+	for _, m := range leaderGoneMessages {
+		if strings.Contains(st.Message(), m) {
+			return true
+		}
+	}
+	return false
 }
 
 // call runs attempt against the leader until it succeeds or fails with a status other than
@@ -66,7 +89,7 @@ func (n *Node) call(ctx context.Context, attempt func(context.Context, *target) 
 		local := n.local
 		n.mu.Unlock()
 		if local == nil {
-			return status.Error(codes.Unavailable, "This scheduler replica is not the leader")
+			return status.Error(codes.Unavailable, notLeaderMessage)
 		}
 		return attempt(ctx, &target{local: local})
 	}

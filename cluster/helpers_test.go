@@ -160,7 +160,6 @@ func (r *replica) counter(name string) float64 {
 	return 0
 }
 
-
 // waitFor polls cond every 10 ms until it holds or within passes.
 func waitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
 	t.Helper()

@@ -320,6 +320,7 @@ func (n *Node) await(ctx context.Context, deadline time.Time, avoid string) (*ta
 		}
 		select {
 		case <-changed:
+			avoid = "" // a new view: the failed leader may be the right one again
 		case <-ch:
 			return nil, errNoLeader
 		case <-ctx.Done():

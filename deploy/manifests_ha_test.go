@@ -22,8 +22,10 @@ type haManifests struct {
 	service     *corev1.Service
 	deletes     []string // "Kind/name" of $patch: delete patches
 	kustomize   struct {
-		Resources []string `json:"resources"`
-		Patches   []struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		Resources  []string `json:"resources"`
+		Patches    []struct {
 			Path string `json:"path"`
 		} `json:"patches"`
 	}

@@ -1,6 +1,7 @@
 package scheduler_test
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,7 @@ func TestNewLeaderAdoptsReportedLeasesInsteadOfRunningThemAgain(t *testing.T) {
 		t.Fatalf("leases %v", reply.Leases)
 	}
 	id := reply.Leases[0].Id
-	if !strings.HasPrefix(id, "team/a/leases/") || !strings.HasSuffix(id, "/"+d.String()) {
+	if !strings.HasPrefix(id, "team/a/leases/") || !strings.HasSuffix(id, "/"+d.Hash+"-"+strconv.FormatInt(d.Size, 10)) {
 		t.Fatalf("lease id %q does not carry the instance and the action digest %s", id, d)
 	}
 	b.update(active(id))
