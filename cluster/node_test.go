@@ -68,16 +68,23 @@ func TestFollowerForwardsAndTakesOverWithoutRerunning(t *testing.T) {
 	// The leader dies without resigning.
 	killed := time.Now()
 	a.crash()
+	elected := make(chan time.Duration, 1)
+	go func() {
+		for !b.leads() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		elected <- time.Since(killed)
+	}()
 	// The bot keeps reporting its lease through the follower: the call is held until a leader
-	// is elected, then adopted.
-	reply, err := w.update(30*time.Second, nil)
+	// is elected, then adopted (and held as a long-poll: nothing changed for the bot).
+	reply, err := w.update(8*time.Second, nil)
 	if err != nil {
 		t.Fatalf("UpdateBotSession across the failover: %v", err)
 	}
 	if !b.leads() {
 		t.Fatal("the follower answered the bot without leading")
 	}
-	t.Logf("kill → bot answered by the new leader: %s", time.Since(killed))
+	t.Logf("kill → follower leads: %s (session TTL %s)", <-elected, testCluster.SessionTTL)
 	if len(reply.Leases) != 1 || reply.Leases[0].Id != leaseID {
 		t.Fatalf("after the failover the bot holds %v, want its lease %s kept", reply.Leases, leaseID)
 	}

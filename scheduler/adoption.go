@@ -149,6 +149,11 @@ func (s *Scheduler) adoptLeaseLocked(b *botSession, rl *rwpb.Lease) (*completion
 	op.leaseIDs = append(op.leaseIDs, l.id)
 	op.attempts++
 	s.m.leasesAdopted.Inc()
+	// Requests waiting for the adoption window look again: they join this operation.
+	if s.adopt.wake != nil {
+		close(s.adopt.wake)
+		s.adopt.wake = nil
+	}
 	if rl.State == rwpb.LeaseState_COMPLETED {
 		ev.Msg("Adopted the result of a lease handed out before a failover")
 		return s.acceptResultLocked(l, result, st), true
@@ -161,10 +166,6 @@ func (s *Scheduler) adoptLeaseLocked(b *botSession, rl *rwpb.Lease) (*completion
 		op.stage = repb.ExecutionStage_EXECUTING
 	}
 	op.notify()
-	if s.adopt.wake != nil {
-		close(s.adopt.wake)
-		s.adopt.wake = nil
-	}
 	ev.Str("operation", op.name).Msg("Adopted a lease handed out before a failover")
 	return nil, true
 }
@@ -196,8 +197,9 @@ func (s *Scheduler) newAdoptedOperationLocked(a *adoptable) *operation {
 
 // awaitAdoptionWindow returns once the adoption window is over (at once when it is) or an
 // in-flight operation of key exists (a bot reported it: it is joined), or with the call's
-// status when it is cancelled, or UNAVAILABLE when the scheduler closes.
-func (s *Scheduler) awaitAdoptionWindow(ctx context.Context, key actionKey) error {
+// status when it is cancelled, or UNAVAILABLE when the scheduler closes. It reports whether it
+// waited: an adopted result may then have reached the action cache meanwhile.
+func (s *Scheduler) awaitAdoptionWindow(ctx context.Context, key actionKey) (bool, error) {
 	var (
 		t  clock.Timer
 		ch <-chan time.Time
@@ -212,7 +214,7 @@ func (s *Scheduler) awaitAdoptionWindow(ctx context.Context, key actionKey) erro
 		wait := s.adopt.windowEnd.Sub(s.clk.Now())
 		if wait <= 0 || s.inFlight[key] != nil {
 			s.mu.Unlock()
-			return nil
+			return t != nil, nil
 		}
 		if s.adopt.wake == nil {
 			s.adopt.wake = make(chan struct{})
@@ -224,12 +226,12 @@ func (s *Scheduler) awaitAdoptionWindow(ctx context.Context, key actionKey) erro
 		}
 		select {
 		case <-ch:
-			return nil
+			return true, nil
 		case <-wake:
 		case <-ctx.Done():
-			return status.FromContextError(ctx.Err()).Err()
+			return true, status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
-			return status.Error(codes.Unavailable, "Scheduler is shutting down")
+			return true, status.Error(codes.Unavailable, "Scheduler is shutting down")
 		}
 	}
 }

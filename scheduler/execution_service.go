@@ -91,8 +91,13 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		}
 	}
 	// Right after a failover, the bots running in-flight actions report them first.
-	if err := s.awaitAdoptionWindow(ctx, key); err != nil {
+	if waited, err := s.awaitAdoptionWindow(ctx, key); err != nil {
 		return nil, "", err
+	} else if waited {
+		// A bot's adopted result may have finished the action meanwhile.
+		if op := s.cacheLookup(ctx, a); op != nil {
+			return op, op.name, nil
+		}
 	}
 	checked, err := s.checkAction(ctx, a.action)
 	if err != nil {
