@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -221,4 +222,31 @@ func (c *haCluster) killLeaderMidBuild() (string, []int) {
 	}
 	return fmt.Sprintf("FIGURE: failover kill→new leader serving %s, kill→first lease handed out %s; %v leases adopted",
 		serving.Round(time.Millisecond), leased.Round(time.Millisecond), adopted), dead
+}
+
+// TestSchedulerRefusesBadHASettings starts the scheduler with replica settings it must refuse
+// before it serves anything.
+func TestSchedulerRefusesBadHASettings(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the scheduler binary")
+	}
+	ep, adv := "--etcd-endpoints=http://127.0.0.1:1", "--advertise-address=127.0.0.1:1"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--ha=raft"}, `want "etcd" or nothing`},
+		{[]string{"--ha=etcd", adv}, "no etcd endpoints"},
+		{[]string{ep}, "need --ha=etcd"},
+		{[]string{"--ha=etcd", ep, "--advertise-address=replica-1"}, "want host:port"},
+		{[]string{"--ha=etcd", ep, adv, "--etcd-session-ttl=1s"}, "at least 2s"},
+		{[]string{"--ha=etcd", ep, adv, "--etcd-session-ttl=2500ms"}, "whole seconds"},
+		{[]string{"--ha=etcd", ep, adv}, "needs --object-store"},
+	} {
+		cmd := exec.Command(filepath.Join(binDir, "scheduler"), append([]string{"--listen=127.0.0.1:0", "--metrics-listen=", "--storage-dir=" + t.TempDir()}, c.args...)...)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("scheduler %v: %v, output %q; want a failure saying %q", c.args, err, out, c.want)
+		}
+	}
 }
