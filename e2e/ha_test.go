@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -13,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+
 	"github.com/buildfleet/buildfleet/internal/clustertest"
+	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/internal/objectstoretest"
 )
 
@@ -250,6 +254,66 @@ func TestSchedulerRefusesBadHASettings(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("scheduler %v: %v, output %q; want a failure saying %q", c.args, err, out, c.want)
+		}
+	}
+}
+
+// TestBazelBuildSurvivesFrozenEtcd freezes etcd (SIGSTOP) mid-build for longer than the
+// session TTL, then resumes it: the CAS keeps being served throughout, the leader stops leasing
+// before its lease can expire, the build resumes once a leader is elected again and succeeds,
+// every action remote, none run twice.
+func TestBazelBuildSurvivesFrozenEtcd(t *testing.T) {
+	bazel := bazel4(t)
+	c := startHACluster(t, 3)
+	worker := func(name string) *process {
+		return startWorker(t, &scheduler{addr: c.proxy.Addr}, name, "--worker-concurrency=4")
+	}
+	workers := []*process{worker("w1"), worker("w2")}
+	w := newWorkspace(t, bazel, 40)
+	w.slowDown(time.Second)
+	cas := repb.NewContentAddressableStorageClient(dial(t, c.proxy.Addr))
+	probe := digest.FromBytes([]byte("probe")).Proto()
+
+	var (
+		wg     sync.WaitGroup
+		casErr error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		old := c.leader()
+		base := counter(c.replicas[old], "buildfleet_scheduler_leases_handed_out_total")
+		waitUntil(t, 60*time.Second, "the build to be under way", func() bool {
+			return counter(c.replicas[old], "buildfleet_scheduler_leases_handed_out_total") >= base+8
+		})
+		c.etcd.Pause()
+		frozen := time.Now()
+		for time.Since(frozen) < 3*time.Second { // past the 2 s session TTL
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, err := cas.FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{InstanceName: "ha", BlobDigests: []*repb.Digest{probe}})
+			cancel()
+			if err != nil && casErr == nil {
+				casErr = err
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if l := c.leader(); l >= 0 {
+			t.Errorf("replica %d still leads %s after etcd froze (TTL 2s)", l, time.Since(frozen))
+		}
+		c.etcd.Resume()
+	}()
+	out := w.build("--remote_executor=grpc://"+c.proxy.Addr, "--remote_instance_name=ha", "--jobs=16")
+	wg.Wait()
+	if casErr != nil {
+		t.Errorf("CAS call failed while etcd was frozen: %v", casErr)
+	}
+	counts := processCounts(t, out)
+	if counts["remote"]+counts["remote cache hit"] != w.rules {
+		t.Fatalf("%v, want all %d actions remote", counts, w.rules)
+	}
+	for d, n := range runsByAction(workers...) {
+		if n > 1 {
+			t.Errorf("action %s ran %d times", d, n)
 		}
 	}
 }
