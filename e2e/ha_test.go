@@ -27,8 +27,10 @@ type haCluster struct {
 	etcd     *clustertest.Etcd
 	proxy    *clustertest.HAProxy
 	replicas []*scheduler
-	args     []string
-	env      []string
+	// all are the replica processes ever started.
+	all  []*process
+	args []string
+	env  []string
 }
 
 func startHACluster(t *testing.T, n int) *haCluster {
@@ -62,6 +64,7 @@ func (c *haCluster) start(i int) {
 	all := append([]string{"--listen=" + s.addr, "--advertise-address=" + s.addr, "--metrics-listen=" + s.metricsAddr,
 		"--storage-dir=" + s.storageDir}, c.args...)
 	s.process = start(c.t, fmt.Sprintf("replica%d", i), filepath.Join(binDir, "scheduler"), c.env, all...)
+	c.all = append(c.all, s.process)
 	waitHealthy(c.t, s.process, "http://"+s.metricsAddr+"/healthz", 30*time.Second)
 }
 
@@ -101,14 +104,16 @@ func counter(s *scheduler, name string) float64 {
 	return 0
 }
 
-// runsByAction counts, from the workers' logs, how many times each action ran to the end
-// (lease ids end with the action digest).
+// runsByAction counts, from the workers' logs, how many times each action's command ran to
+// the end (lease ids end with the action digest).
 func runsByAction(workers ...*process) map[string]int {
 	runs := map[string]int{}
 	for _, w := range workers {
 		b, _ := os.ReadFile(w.log)
 		for _, line := range strings.Split(string(b), "\n") {
-			if !strings.Contains(line, `"Action finished"`) {
+			// A lease that failed before the command ran (inputs unreadable while a replica died:
+			// code UNAVAILABLE, retried elsewhere) did not run the action.
+			if !strings.Contains(line, `"Action finished"`) || !strings.Contains(line, `"code":"OK"`) {
 				continue
 			}
 			i := strings.Index(line, `"lease_id":"`)
@@ -140,6 +145,15 @@ func TestBazelBuildSurvivesLeaderKill(t *testing.T) {
 		return startWorker(t, &scheduler{addr: c.proxy.Addr}, name, "--worker-concurrency=4")
 	}
 	workers := []*process{worker("w1"), worker("w2")}
+	if dir := os.Getenv("BUILDFLEET_E2E_LOG_DIR"); dir != "" {
+		// Keep every process's log for a post-mortem (the temp dirs go with the test).
+		t.Cleanup(func() {
+			for _, p := range append(append([]*process{}, workers...), c.all...) {
+				b, _ := os.ReadFile(p.log)
+				_ = os.WriteFile(filepath.Join(dir, filepath.Base(filepath.Dir(filepath.Dir(p.log)))+"-"+p.name+".log"), b, 0o644)
+			}
+		})
+	}
 	w := newWorkspace(t, bazel, 40)
 
 	w.slowDown(time.Second)

@@ -29,6 +29,10 @@ type adoptionState struct {
 	// wake is closed (and reset) when a lease is adopted: requests waiting for the window look
 	// for the action in flight again.
 	wake chan struct{}
+	// ops are the operations of adopted leases by action, so that a client asking after the
+	// adopted execution finished joins it instead of running the action again (see
+	// adoptedLocked).
+	ops map[actionKey]*operation
 }
 
 // adoptable is an operation rebuilt for a reported lease, not yet adopted.
@@ -143,6 +147,10 @@ func (s *Scheduler) adoptLeaseLocked(b *botSession, rl *rwpb.Lease) (*completion
 		ev.Str("leased_to", op.lease.session.botID).Msg("Not adopting a reported lease: another bot runs the action")
 		return nil, true
 	}
+	if s.adopt.ops == nil {
+		s.adopt.ops = map[actionKey]*operation{}
+	}
+	s.adopt.ops[key] = op
 	now := s.clk.Now()
 	l := &lease{id: rl.Id, op: op, session: b, acked: true, assignedAt: now}
 	s.leases[l.id] = l
@@ -234,4 +242,20 @@ func (s *Scheduler) awaitAdoptionWindow(ctx context.Context, key actionKey) (boo
 			return true, status.Error(codes.Unavailable, "Scheduler is shutting down")
 		}
 	}
+}
+
+// adoptedLocked returns the operation of an adopted lease of key that finished with a result
+// and is still remembered, or nil. A client whose request crossed the adopted result (it asked
+// before the result arrived and is admitted after it was published) joins it instead of
+// running the action a second time.
+func (s *Scheduler) adoptedLocked(key actionKey) *operation {
+	op := s.adopt.ops[key]
+	if op == nil {
+		return nil
+	}
+	if s.ops[op.name] != op || op.err != nil || op.response.GetStatus().GetCode() != int32(codes.OK) {
+		delete(s.adopt.ops, key)
+		return nil
+	}
+	return op
 }

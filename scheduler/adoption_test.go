@@ -88,6 +88,21 @@ func TestNewLeaderAcceptsResultsOfLeasesItNeverHandedOut(t *testing.T) {
 	if resp := responseOf(t, done); string(resp.Result.StdoutRaw) != "done" {
 		t.Fatalf("final %v", done)
 	}
+
+	// A client whose request crosses the adopted result (it missed the action cache just
+	// before the result was written) joins the adopted execution: here the action cache has
+	// lost the entry, and the action still does not run again.
+	e.ac.mu.Lock()
+	delete(e.ac.results, "|"+d.String())
+	e.ac.mu.Unlock()
+	e.clk.Advance(5 * time.Second)
+	s2 := e.execute(&repb.ExecuteRequest{ActionDigest: d.Proto()})
+	if resp := responseOf(t, recvDone(t, s2)); string(resp.Result.GetStdoutRaw()) != "done" || resp.CachedResult {
+		t.Fatalf("Execute after the adopted result: %v", resp)
+	}
+	if _, reply := e.newBot("bot2", 1); len(reply.Leases) != 0 {
+		t.Fatalf("the adopted action was run again: %v", reply.Leases)
+	}
 }
 
 // During the adoption window a fresh Execute is held, not queued; once the window is over it

@@ -119,6 +119,14 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		}
 	}
 	doNotCache := checked.action.DoNotCache
+	if op := s.adoptedLocked(key); op != nil && !doNotCache {
+		if a.name != "" {
+			s.ops[a.name] = op
+			op.names = append(op.names, a.name)
+			return op, a.name, nil
+		}
+		return op, s.joinLocked(op), nil
+	}
 	if !doNotCache {
 		if op := s.inFlight[key]; op != nil {
 			if a.name != "" {
