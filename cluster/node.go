@@ -283,18 +283,25 @@ func (n *Node) notifyLocked() {
 var errNoLeader = errors.New("no scheduler leader")
 
 // await returns where to send a call now: the local scheduler while this replica leads, else a
-// connection to the leader. While there is neither (or avoid is the known leader, which just
-// failed), it waits for a change until deadline.
+// connection to the leader. While there is neither, it waits for a change until deadline. A
+// leader equal to avoid (it just failed) is skipped until the view changes or for ten retry
+// intervals, after which it is tried again (it may have been elected again meanwhile).
 func (n *Node) await(ctx context.Context, deadline time.Time, avoid string) (*target, error) {
 	var (
-		t  clock.Timer
-		ch <-chan time.Time
+		t, at  clock.Timer
+		ch, ac <-chan time.Time
 	)
 	defer func() {
 		if t != nil {
 			t.Stop()
 		}
+		if at != nil {
+			at.Stop()
+		}
 	}()
+	if avoid != "" {
+		at, ac = n.clk.NewTimer(10 * n.cfg.RetryInterval)
+	}
 	for {
 		n.mu.Lock()
 		local, leader, changed := n.local, n.leader, n.changed
@@ -321,6 +328,8 @@ func (n *Node) await(ctx context.Context, deadline time.Time, avoid string) (*ta
 		select {
 		case <-changed:
 			avoid = "" // a new view: the failed leader may be the right one again
+		case <-ac:
+			avoid = ""
 		case <-ch:
 			return nil, errNoLeader
 		case <-ctx.Done():
