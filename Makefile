@@ -5,7 +5,7 @@ BIN     ?= bin
 TOOLS   := $(CURDIR)/.tools
 SHELL   := /bin/bash
 
-.PHONY: all build run test test-deps unit fmt lint generate bench clean
+.PHONY: all build run test test-deps release-deps release snapshot unit fmt lint generate bench clean
 
 all: build
 
@@ -56,5 +56,20 @@ bench:
 	@echo; echo "=== cluster: no-op Execute through a follower vs straight to the leader (real etcd) ==="
 	$(BENCH) -bench . -benchtime=2000x ./cluster/
 
+# Releases (goreleaser, see .goreleaser.yaml and the README's "Releases"): `make release` on a
+# commit tagged vX.Y.Z writes the release directory to dist/ (archives, raw binaries, .deb, .rpm,
+# SHA256SUMS) without publishing it; `make snapshot` does the same for any commit, versioned
+# X.Y.Z-SNAPSHOT-COMMIT. goreleaser reads the commit's date only from a checkout with a git
+# remote, so a checkout without one gets itself as origin, through the environment.
+GORELEASER := PATH="$(TOOLS)/bin:$$PATH" $(if $(shell git remote 2>/dev/null),,GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.origin.url GIT_CONFIG_VALUE_0=$(CURDIR)) goreleaser
+release-deps:
+	./scripts/install-release-deps.sh
+
+release: release-deps
+	$(GORELEASER) release --clean --skip=publish
+
+snapshot: release-deps
+	$(GORELEASER) release --clean --snapshot
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist

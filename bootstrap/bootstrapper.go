@@ -88,8 +88,12 @@ func (b *Bootstrapper) Run(ctx context.Context) error {
 	if err := packages.Install(ctx, c.Packages); err != nil {
 		return err
 	}
+	workerURL, workerSHA256, err := b.workerSource(ctx)
+	if err != nil {
+		return err
+	}
 	binary := &BinaryInstaller{Source: b.deps.Source, Clock: b.deps.Clock, Retry: c.Retry, Steps: b.steps}
-	changed, err := binary.Install(ctx, c.WorkerURL, c.AllowInsecureHTTP, c.WorkerSHA256, c.InstallPath)
+	changed, err := binary.Install(ctx, workerURL, c.AllowInsecureHTTP, workerSHA256, c.InstallPath)
 	if err != nil {
 		return err
 	}
@@ -102,6 +106,26 @@ func (b *Bootstrapper) Run(ctx context.Context) error {
 	}
 	service := &ServiceInstaller{Runner: b.deps.Runner, LookupUser: b.deps.LookupUser, Steps: b.steps, Chown: b.deps.Chown}
 	return service.Install(ctx, c, changed)
+}
+
+// workerSource returns the worker's URL and expected sha256: --worker-url and --worker-sha256,
+// or the release's worker for this architecture as its pinned SHA256SUMS lists it (which must
+// then agree with --worker-sha256 when that is given too).
+func (b *Bootstrapper) workerSource(ctx context.Context) (string, string, error) {
+	c := b.config
+	if c.ReleaseURL == "" {
+		return c.WorkerURL, c.WorkerSHA256, nil
+	}
+	r := &ReleaseResolver{Source: b.deps.Source, Clock: b.deps.Clock, Retry: c.Retry, Steps: b.steps}
+	u, sum, err := r.Resolve(ctx, c.ReleaseURL, c.ReleaseVersion, c.ReleaseSHA256SUMSSHA256, c.Arch, c.AllowInsecureHTTP)
+	if err != nil {
+		return "", "", err
+	}
+	if c.WorkerSHA256 != "" && !strings.EqualFold(c.WorkerSHA256, sum) {
+		return "", "", fmt.Errorf("release %s lists sha256 %s for %s but --worker-sha256 is %s; nothing installed",
+			c.ReleaseVersion, sum, ReleaseAssetName("worker", c.Arch), strings.ToLower(c.WorkerSHA256))
+	}
+	return u, sum, nil
 }
 
 // exec replaces the process with the worker, its BUILDFLEET_* settings added to the environment.

@@ -13,13 +13,19 @@ type ChecksumError struct {
 	Actual string
 	// Size is the number of bytes downloaded.
 	Size int64
+	// Flag is the flag that gives the expected checksum; "--worker-sha256" when empty.
+	Flag string
 }
 
 // Error names both digests.
 func (e *ChecksumError) Error() string {
 	if e.Expected == "" {
-		return fmt.Sprintf("no expected sha256 given for %s: expected (none; pass --worker-sha256), actual sha256 %s (%d bytes); nothing installed",
-			e.URL, e.Actual, e.Size)
+		flag := e.Flag
+		if flag == "" {
+			flag = "--worker-sha256"
+		}
+		return fmt.Sprintf("no expected sha256 given for %s: expected (none; pass %s), actual sha256 %s (%d bytes); nothing installed",
+			e.URL, flag, e.Actual, e.Size)
 	}
 	return fmt.Sprintf("sha256 mismatch for %s: expected %s, actual %s (%d bytes); nothing installed",
 		e.URL, e.Expected, e.Actual, e.Size)

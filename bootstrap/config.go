@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -34,8 +35,19 @@ type Config struct {
 	// WorkerURL is where the worker binary is fetched from: https://, s3:// or gs://
 	// (http:// only for loopback hosts or with AllowInsecureHTTP).
 	WorkerURL string
-	// WorkerSHA256 is the expected lowercase hex sha256 of the worker binary. Required.
+	// WorkerSHA256 is the expected lowercase hex sha256 of the worker binary. Required with
+	// WorkerURL; with a release it is optional and, when given, must agree with SHA256SUMS.
 	WorkerSHA256 string
+	// ReleaseURL is the base URL of buildfleet releases (https://, s3:// or gs://): release
+	// VERSION's files are under ReleaseURL/VERSION/. Used instead of WorkerURL.
+	ReleaseURL string
+	// ReleaseVersion is the release installed from ReleaseURL, e.g. "v1.2.3".
+	ReleaseVersion string
+	// ReleaseSHA256SUMSSHA256 pins the release: the sha256 of its SHA256SUMS file, which lists
+	// the sha256 of the worker of every architecture.
+	ReleaseSHA256SUMSSHA256 string
+	// Arch is the GOARCH whose worker is installed from a release; runtime.GOARCH when empty.
+	Arch string
 	// AllowInsecureHTTP permits http:// URLs to non-loopback hosts.
 	AllowInsecureHTTP bool
 	// InstallPath is where the worker binary is installed (mode 0755).
@@ -91,6 +103,7 @@ func (c Config) WithDefaults() Config {
 	set(&c.SystemdDir, DefaultSystemdDir)
 	set(&c.ServiceName, DefaultServiceName)
 	set(&c.EnvironmentFile, DefaultEnvironmentFile)
+	set(&c.Arch, runtime.GOARCH)
 	c.Retry = c.Retry.withDefaults()
 	return c
 }
@@ -98,16 +111,8 @@ func (c Config) WithDefaults() Config {
 // Validate reports the first problem with c. A missing checksum is not reported here: the
 // download goes ahead so that the error can name the actual digest, and nothing is installed.
 func (c Config) Validate() error {
-	if c.WorkerURL == "" {
-		return fmt.Errorf("--worker-url is required")
-	}
-	if _, err := ParseWorkerURL(c.WorkerURL, c.AllowInsecureHTTP); err != nil {
+	if err := c.validateSource(); err != nil {
 		return err
-	}
-	if c.WorkerSHA256 != "" {
-		if b, err := hex.DecodeString(c.WorkerSHA256); err != nil || len(b) != 32 {
-			return fmt.Errorf("--worker-sha256 %q is not a sha256 (64 hex digits)", c.WorkerSHA256)
-		}
 	}
 	if !filepath.IsAbs(c.InstallPath) {
 		return fmt.Errorf("--install-path %q must be absolute", c.InstallPath)
@@ -138,29 +143,71 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// validateSource checks where the worker comes from: --worker-url, or a release given by
+// --release-url and --release-version.
+func (c Config) validateSource() error {
+	isSHA256 := func(flag, v string) error {
+		if b, err := hex.DecodeString(v); v != "" && (err != nil || len(b) != 32) {
+			return fmt.Errorf("%s %q is not a sha256 (64 hex digits)", flag, v)
+		}
+		return nil
+	}
+	if err := isSHA256("--worker-sha256", c.WorkerSHA256); err != nil {
+		return err
+	}
+	if c.ReleaseURL == "" && c.ReleaseVersion == "" && c.ReleaseSHA256SUMSSHA256 == "" {
+		if c.WorkerURL == "" {
+			return fmt.Errorf("--worker-url, or --release-url with --release-version, is required")
+		}
+		_, err := ParseWorkerURL(c.WorkerURL, c.AllowInsecureHTTP)
+		return err
+	}
+	switch {
+	case c.WorkerURL != "":
+		return fmt.Errorf("--worker-url and --release-url/--release-version are alternatives; give one")
+	case c.ReleaseURL == "" || c.ReleaseVersion == "":
+		return fmt.Errorf("a release needs both --release-url and --release-version")
+	case !ValidReleaseVersion(c.ReleaseVersion):
+		return fmt.Errorf("--release-version %q: want letters, digits, '.', '_', '+' or '-' (e.g. v1.2.3)", c.ReleaseVersion)
+	}
+	if _, err := ParseReleaseURL(c.ReleaseURL, c.AllowInsecureHTTP); err != nil {
+		return err
+	}
+	return isSHA256("--release-sha256sums-sha256", c.ReleaseSHA256SUMSSHA256)
+}
+
 // ParseWorkerURL parses a worker URL and checks its scheme: https, s3 and gs are accepted;
 // http only for a loopback host (tests, local mirrors) or when allowInsecure is set.
 func ParseWorkerURL(raw string, allowInsecure bool) (*url.URL, error) {
+	return parseDownloadURL("--worker-url", raw, allowInsecure)
+}
+
+// ParseReleaseURL checks a URL under --release-url as ParseWorkerURL checks a worker URL.
+func ParseReleaseURL(raw string, allowInsecure bool) (*url.URL, error) {
+	return parseDownloadURL("--release-url", raw, allowInsecure)
+}
+
+func parseDownloadURL(flag, raw string, allowInsecure bool) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("--worker-url %q: %v", raw, err)
+		return nil, fmt.Errorf("%s %q: %v", flag, raw, err)
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !allowInsecure && !isLoopback(u.Hostname()) {
-			return nil, fmt.Errorf("--worker-url %q: plain http is only allowed for loopback hosts; use https or pass --allow-insecure-http", raw)
+			return nil, fmt.Errorf("%s %q: plain http is only allowed for loopback hosts; use https or pass --allow-insecure-http", flag, raw)
 		}
 	case "s3", "gs":
 		if u.Host == "" || strings.Trim(u.Path, "/") == "" {
-			return nil, fmt.Errorf("--worker-url %q: want %s://BUCKET/KEY", raw, u.Scheme)
+			return nil, fmt.Errorf("%s %q: want %s://BUCKET/KEY", flag, raw, u.Scheme)
 		}
 		return u, nil
 	default:
-		return nil, fmt.Errorf("--worker-url %q: unsupported scheme %q (want https, s3 or gs)", raw, u.Scheme)
+		return nil, fmt.Errorf("%s %q: unsupported scheme %q (want https, s3 or gs)", flag, raw, u.Scheme)
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("--worker-url %q has no host", raw)
+		return nil, fmt.Errorf("%s %q has no host", flag, raw)
 	}
 	return u, nil
 }

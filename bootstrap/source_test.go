@@ -142,7 +142,17 @@ func TestConfigValidate(t *testing.T) {
 		want   string
 	}{
 		{"ok", func(*bootstrap.Config) {}, ""},
-		{"no url", func(c *bootstrap.Config) { c.WorkerURL = "" }, "--worker-url is required"},
+		{"no url", func(c *bootstrap.Config) { c.WorkerURL = "" }, "--worker-url, or --release-url with --release-version, is required"},
+		{"release", func(c *bootstrap.Config) {
+			c.WorkerURL, c.ReleaseURL, c.ReleaseVersion, c.ReleaseSHA256SUMSSHA256 = "", "https://r/dl", "v1.2.3", strings.Repeat("cd", 32)
+		}, ""},
+		{"release and worker url", func(c *bootstrap.Config) { c.ReleaseURL, c.ReleaseVersion = "https://r/dl", "v1" }, "alternatives"},
+		{"release without version", func(c *bootstrap.Config) { c.WorkerURL, c.ReleaseURL = "", "https://r/dl" }, "needs both"},
+		{"release version with a slash", func(c *bootstrap.Config) { c.WorkerURL, c.ReleaseURL, c.ReleaseVersion = "", "https://r/dl", "../v1" }, "--release-version"},
+		{"plain http release", func(c *bootstrap.Config) { c.WorkerURL, c.ReleaseURL, c.ReleaseVersion = "", "http://r/dl", "v1" }, "--release-url"},
+		{"short release pin", func(c *bootstrap.Config) {
+			c.WorkerURL, c.ReleaseURL, c.ReleaseVersion, c.ReleaseSHA256SUMSSHA256 = "", "https://r/dl", "v1", "abc"
+		}, "--release-sha256sums-sha256"},
 		{"short sha", func(c *bootstrap.Config) { c.WorkerSHA256 = "abc" }, "is not a sha256"},
 		{"relative path", func(c *bootstrap.Config) { c.InstallPath = "worker" }, "must be absolute"},
 		{"no scheduler for unit", func(c *bootstrap.Config) { c.Scheduler = "" }, "--scheduler is required"},

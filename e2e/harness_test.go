@@ -82,6 +82,12 @@ func start(t *testing.T, name, binary string, env []string, args ...string) *pro
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return startCmd(t, name, cmd, f, logPath)
+}
+
+// startCmd starts cmd, whose output goes to f (at logPath), as start does.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd, f *os.File, logPath string) *process {
+	t.Helper()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -132,10 +132,14 @@ func (p *process) start(path string, stdout, stderr *os.File) (*exec.Cmd, error)
 }
 
 // startError is the status of a command that could not be started: INVALID_ARGUMENT when the
-// action is at fault (no such file, not executable), INTERNAL otherwise.
+// action is at fault (no such file, not executable, arguments and environment too long: it
+// would fail the same way on every worker, so it is reported once and not retried), INTERNAL
+// otherwise.
 func startError(argv0 string, errno syscall.Errno, msg string) error {
 	switch errno {
-	case syscall.ENOENT, syscall.EACCES, syscall.ENOEXEC, syscall.ENOTDIR, syscall.EISDIR:
+	case syscall.E2BIG:
+		return status.Errorf(codes.InvalidArgument, "Failed to start command %q: its arguments and environment are too long for the kernel (E2BIG: a single argument may hold at most 128 KiB, all of them together about a quarter of the stack limit): %s", argv0, msg)
+	case syscall.ENOENT, syscall.EACCES, syscall.ENOEXEC, syscall.ENOTDIR, syscall.EISDIR, syscall.ENAMETOOLONG, syscall.ELOOP:
 		return status.Errorf(codes.InvalidArgument, "Failed to start command %q: %s", argv0, msg)
 	}
 	return status.Errorf(codes.Internal, "Failed to start command %q: %s", argv0, msg)

@@ -31,6 +31,8 @@ type botSession struct {
 	gone   bool
 	// calls counts UpdateBotSession calls in progress; a session in a call never expires.
 	calls int
+	// callGen numbers the session's UpdateBotSession calls in the order they arrived.
+	callGen uint64
 	// waitingSince is set while a call is held waiting for work (zero otherwise).
 	waitingSince time.Time
 	// wake is closed and replaced when a held call should look again.

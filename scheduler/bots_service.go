@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -95,6 +96,13 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 		return nil, err
 	}
 	b.calls++
+	// A bot has one call in flight: a newer call means it gave up on the older ones, which are
+	// woken to end without handing out leases (see abandoned).
+	b.callGen++
+	gen := b.callGen
+	if b.calls > 1 {
+		b.wakeUp()
+	}
 	reported := map[string]bool{}
 	// A finished lease (a result, a failure or a drain hand-back) is news: the bot waits for the
 	// reply that acknowledges it, so the call is answered at once.
@@ -132,6 +140,18 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 			s.leave()
 			return nil, status.Errorf(codes.FailedPrecondition, "Bot session %s was closed; open a new one", b.name)
 		}
+		if err := abandoned(ctx, b, gen); err != nil {
+			b.calls--
+			b.stopWaitingIfIdle()
+			if b.calls == 0 && b.callGen == gen && errors.Is(ctx.Err(), context.Canceled) {
+				// The bot cancelled its last call or its connection closed: a live bot calls
+				// again at once; a dead one never does, and its leases need not wait for the
+				// session to expire.
+				s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.DisconnectGrace), kind: sessionDisconnect, session: b, gen: gen})
+			}
+			s.leave()
+			return nil, err
+		}
 		if s.assignLocked(b) || s.leasesDifferLocked(b, reported) {
 			news = true
 		}
@@ -161,6 +181,20 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 		}
 		s.enter()
 	}
+}
+
+// abandoned returns an error when the bot has given up on the call gen of session b: its
+// context ended (the bot cancelled it or it timed out) or the bot sent a newer call. Leases
+// must not be handed out in the reply to such a call: it never reaches the bot's loop, and the
+// leases would wait for the bot to miss them twice before being requeued as never acknowledged.
+func abandoned(ctx context.Context, b *botSession, gen uint64) error {
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	if b.callGen != gen {
+		return status.Errorf(codes.Aborted, "UpdateBotSession of %s was superseded by a newer call of the same session", b.name)
+	}
+	return nil
 }
 
 // holdFor returns how long an UpdateBotSession call may be held: a share of the remaining
@@ -202,7 +236,7 @@ func (s *Scheduler) newSessionLocked(name string, in *rwpb.BotSession) *botSessi
 	s.sessions[name] = b
 	s.byBot[b.botID] = b
 	s.workersDirty = true
-	s.log.Info().Str("bot_id", b.botID).Str("session", name).Int("capacity", b.capacity).
+	s.log.Info().Str("bot_id", b.botID).Str("session", name).Int("capacity", b.capacity).Str("version", b.version).
 		Str("status", st.String()).Msg("Bot session opened")
 	if st == rwpb.BotStatus_BOT_TERMINATING {
 		s.startDrainLocked(b, drainInfoOf(in.Worker), now)
@@ -476,8 +510,11 @@ func (s *Scheduler) replyLocked(b *botSession) *rwpb.BotSession {
 		rl := &rwpb.Lease{Id: l.id, State: rwpb.LeaseState_ACTIVE, ExpireTime: exp}
 		if !l.active {
 			rl.State = rwpb.LeaseState_PENDING
-			if p, err := anypb.New(l.op.actionMsg); err == nil {
-				rl.Payload = p
+			// A finished operation drops its Action, but its leases are no session's any more.
+			if l.op.actionMsg != nil {
+				if p, err := anypb.New(l.op.actionMsg); err == nil {
+					rl.Payload = p
+				}
 			}
 			rl.Requirements = l.op.platform.requirements()
 		}

@@ -147,5 +147,52 @@ func (s *Scheduler) publishLocked(op *operation, resp *repb.ExecuteResponse, err
 	}
 	op.notify()
 	s.m.actions.WithLabelValues(outcome).Inc()
-	s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.CompletedRetention), kind: operationRetention, op: op})
+	s.retainLocked(op)
+}
+
+// retainLocked keeps a finished operation answerable from memory, small: what only running it
+// needed (the Action, its leases) is dropped now. The retained operations are a
+// FIFO in finishing order, bounded by Config.CompletedRetention (age) and
+// Config.MaxCompletedOperations (count); the oldest go first.
+func (s *Scheduler) retainLocked(op *operation) {
+	for _, id := range op.leaseIDs {
+		if l := s.leases[id]; l != nil && l.op == op {
+			delete(s.leases, id)
+		}
+	}
+	op.leaseIDs = nil
+	op.actionMsg = nil
+	op.lastFailure = ""
+	op.doneAt = s.clk.Now()
+	s.retained = append(s.retained, op)
+	for len(s.retained) > s.cfg.MaxCompletedOperations {
+		s.forgetOldestLocked()
+	}
+	if len(s.retained) == 1 {
+		s.deadlines.add(deadline{at: op.doneAt.Add(s.cfg.CompletedRetention), kind: operationRetention, op: op})
+	}
+}
+
+// expireRetainedLocked forgets the retained operations older than Config.CompletedRetention
+// and arms the deadline of the next one.
+func (s *Scheduler) expireRetainedLocked() {
+	now := s.clk.Now()
+	for len(s.retained) > 0 && !now.Before(s.retained[0].doneAt.Add(s.cfg.CompletedRetention)) {
+		s.forgetOldestLocked()
+	}
+	if len(s.retained) > 0 {
+		op := s.retained[0]
+		s.deadlines.add(deadline{at: op.doneAt.Add(s.cfg.CompletedRetention), kind: operationRetention, op: op})
+	}
+}
+
+// forgetOldestLocked forgets the oldest retained operation.
+func (s *Scheduler) forgetOldestLocked() {
+	op := s.retained[0]
+	s.retained[0] = nil
+	s.retained = s.retained[1:]
+	if len(s.retained) == 0 {
+		s.retained = nil // let the backing array go
+	}
+	s.forgetOperationLocked(op)
 }

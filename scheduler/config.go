@@ -33,6 +33,15 @@ type Config struct {
 	// that a WaitExecution on its name is answered from the action cache (cached_result set)
 	// when the result is there, and runs the action again otherwise. Default 15 min.
 	CompletedRetention time.Duration
+	// MaxCompletedOperations bounds how many finished operations stay answerable from memory;
+	// beyond it the oldest are forgotten first (answered as after CompletedRetention).
+	// Default 10,000.
+	MaxCompletedOperations int
+	// DisconnectGrace is how long the scheduler waits for a bot to call again after one of its
+	// calls ended because the bot cancelled it or its connection closed (a process that died
+	// ends its held long-poll at once) before the session is closed and its leases requeued,
+	// instead of waiting the whole SessionExpiry. Default 3 s.
+	DisconnectGrace time.Duration
 	// GoneWorkerRetention is how long a closed bot session stays in the worker view.
 	// Default 10 min.
 	GoneWorkerRetention time.Duration
@@ -45,15 +54,17 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultSessionExpiry         = 20 * time.Second
-	DefaultRetryLimit            = 3
-	DefaultUnmatchedPlatformWait = 5 * time.Minute
-	DefaultLongPollFraction      = 0.8
-	DefaultLongPollMinRemaining  = 3 * time.Second
-	DefaultLongPollMax           = 60 * time.Second
-	DefaultMaxQueuePerInstance   = 100000
-	DefaultCompletedRetention    = 15 * time.Minute
-	DefaultGoneWorkerRetention   = 10 * time.Minute
+	DefaultSessionExpiry          = 20 * time.Second
+	DefaultRetryLimit             = 3
+	DefaultUnmatchedPlatformWait  = 5 * time.Minute
+	DefaultLongPollFraction       = 0.8
+	DefaultLongPollMinRemaining   = 3 * time.Second
+	DefaultLongPollMax            = 60 * time.Second
+	DefaultMaxQueuePerInstance    = 100000
+	DefaultCompletedRetention     = 15 * time.Minute
+	DefaultMaxCompletedOperations = 10000
+	DefaultGoneWorkerRetention    = 10 * time.Minute
+	DefaultDisconnectGrace        = 3 * time.Second
 )
 
 // withDefaults returns c with every unset field set to its default.
@@ -83,6 +94,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CompletedRetention <= 0 {
 		c.CompletedRetention = DefaultCompletedRetention
+	}
+	if c.MaxCompletedOperations <= 0 {
+		c.MaxCompletedOperations = DefaultMaxCompletedOperations
+	}
+	if c.DisconnectGrace <= 0 {
+		c.DisconnectGrace = DefaultDisconnectGrace
 	}
 	if c.GoneWorkerRetention <= 0 {
 		c.GoneWorkerRetention = DefaultGoneWorkerRetention

@@ -17,6 +17,9 @@ const (
 	operationRetention
 	// goneRetention drops a closed session from the worker view.
 	goneRetention
+	// sessionDisconnect closes a bot session whose call ended because its connection did
+	// (the bot's process died), unless the bot called again meanwhile.
+	sessionDisconnect
 )
 
 // deadline is one entry of the scheduler's min-heap of things due at a time. Entries are never

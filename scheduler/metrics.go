@@ -8,10 +8,11 @@ import (
 
 // Requeue reasons, the "reason" label of buildfleet_scheduler_leases_requeued_total.
 const (
-	requeueExpired    = "expired"     // the bot session expired
-	requeueHandedBack = "handed-back" // a draining bot handed the lease back
-	requeueRetry      = "retry"       // the lease completed with INTERNAL or UNAVAILABLE
-	requeueLost       = "lost"        // the bot stopped reporting the lease, or was replaced
+	requeueExpired    = "expired"      // the bot session expired
+	requeueHandedBack = "handed-back"  // a draining bot handed the lease back
+	requeueRetry      = "retry"        // the lease completed with INTERNAL or UNAVAILABLE
+	requeueLost       = "lost"         // the bot stopped reporting the lease, or was replaced
+	requeueGone       = "disconnected" // the bot's connection ended and it did not come back
 )
 
 // metrics are the scheduler's Prometheus collectors.

@@ -47,6 +47,7 @@ type operation struct {
 	// cache: no requeue, cancel or second result applies any more.
 	finishing bool
 	done      bool
+	doneAt    time.Time
 	response  *repb.ExecuteResponse
 	err       *spb.Status
 	// changed is closed and replaced on every change watchers should see.

@@ -156,6 +156,8 @@ func reasonText(reason string) string {
 		return "stopped updating its session"
 	case requeueLost:
 		return "was replaced by a new session"
+	case requeueGone:
+		return "disconnected and did not call again"
 	default:
 		return reason
 	}

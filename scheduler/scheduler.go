@@ -49,8 +49,10 @@ type Scheduler struct {
 	gone     map[string]*botSession
 	// leases maps the id of every lease of a remembered operation to the lease, current or not,
 	// so that a late result can still be matched.
-	leases    map[string]*lease
-	adopt     adoptionState
+	leases map[string]*lease
+	adopt  adoptionState
+	// retained are the finished operations still answerable from memory, oldest first.
+	retained  []*operation
 	deadlines deadlineHeap
 	// workersDirty is set when a bot's state, capacity or leases changed: leave then
 	// recomputes the worker gauges.
@@ -147,7 +149,15 @@ func (s *Scheduler) enterLocked() {
 		case unmatchedPlatform:
 			s.unmatchedDueLocked(d.op, d.gen)
 		case operationRetention:
-			s.forgetOperationLocked(d.op)
+			s.expireRetainedLocked()
+		case sessionDisconnect:
+			b := d.session
+			if b.gone || b.calls > 0 || b.callGen != d.gen {
+				continue
+			}
+			s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
+				Dur("grace", s.cfg.DisconnectGrace).Msg("Bot disconnected and did not call again; requeueing its leases")
+			s.closeSessionLocked(b, requeueGone)
 		case goneRetention:
 			if b := d.session; s.gone[b.name] == b {
 				delete(s.gone, b.name)

@@ -22,6 +22,8 @@ const (
 type WorkerInfo struct {
 	// BotID is the bot's own stable id.
 	BotID string
+	// Version is the bot software's version as the bot reported it in BotSession.version.
+	Version string
 	// Session is the bot session name.
 	Session string
 	// State is WorkerServing, WorkerDraining, WorkerUnavailable or WorkerGone.
@@ -68,6 +70,7 @@ func (s *Scheduler) Workers() []WorkerInfo {
 	add := func(b *botSession) {
 		wi := WorkerInfo{
 			BotID:         b.botID,
+			Version:       b.version,
 			Session:       b.name,
 			State:         b.workerState(),
 			Status:        b.status.String(),

@@ -9,6 +9,7 @@ import (
 // workerJSON is one worker as the /workers page shows it.
 type workerJSON struct {
 	BotID         string     `json:"bot_id"`
+	Version       string     `json:"version,omitempty"`
 	Session       string     `json:"session"`
 	State         string     `json:"state"`
 	Status        string     `json:"status"`
@@ -42,7 +43,7 @@ func (s *Scheduler) WorkersHandler() http.Handler {
 		out := make([]workerJSON, 0, len(infos))
 		for _, i := range infos {
 			out = append(out, workerJSON{
-				BotID: i.BotID, Session: i.Session, State: i.State, Status: i.Status,
+				BotID: i.BotID, Version: i.Version, Session: i.Session, State: i.State, Status: i.Status,
 				Capacity: i.Capacity, LeasesHeld: i.LeasesHeld, LeaseIDs: i.LeaseIDs, Properties: i.Properties,
 				LastSeen: i.LastSeen, ExpireTime: optionalTime(i.ExpireTime),
 				DrainingSince: optionalTime(i.DrainingSince), DrainDeadline: optionalTime(i.DrainDeadline),

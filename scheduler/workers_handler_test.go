@@ -58,3 +58,31 @@ func TestWorkersHandlerShowsDrainingWorkers(t *testing.T) {
 		t.Fatalf("serving worker %+v", stw)
 	}
 }
+
+// During a rollout the fleet runs mixed versions: /workers shows the version each bot reported
+// in BotSession.version, and one that sends none shows none.
+func TestWorkersHandlerShowsVersions(t *testing.T) {
+	e := newEnv(t, scheduler.Config{})
+	for id, v := range map[string]string{"old": "1.2.3", "new": "1.3.0", "unversioned": ""} {
+		if _, err := e.bots.CreateBotSession(e.ctx, &rwpb.CreateBotSessionRequest{Parent: "farm",
+			BotSession: &rwpb.BotSession{BotId: id, Version: v, Status: rwpb.BotStatus_OK}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := httptest.NewRecorder()
+	e.sched.WorkersHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/workers", nil))
+	var page struct {
+		Workers []map[string]any `json:"workers"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &page); err != nil {
+		t.Fatalf("%v in %s", err, rec.Body)
+	}
+	got := map[string]any{}
+	for _, w := range page.Workers {
+		got[w["bot_id"].(string)] = w["version"]
+	}
+	want := map[string]any{"new": "1.3.0", "old": "1.2.3", "unversioned": nil}
+	if len(got) != 3 || got["new"] != want["new"] || got["old"] != want["old"] || got["unversioned"] != nil {
+		t.Fatalf("versions %v, want %v\n%s", got, want, rec.Body)
+	}
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs everything the test suite needs, idempotently:
 # Debian packages (Bazel 4.2.3 and the netty-tcnative it needs for TLS, protoc, etcd, HAProxy),
-# Bazel 2.1.0 from npm, and Go tools (protoc plugins, ec2-metadata-mock, versitygw,
-# fake-gcs-server).
+# Bazel 2.1.0 from npm, Go tools (protoc plugins, ec2-metadata-mock, versitygw,
+# fake-gcs-server), and goreleaser (scripts/install-release-deps.sh).
 # Re-running it when everything is present does nothing but check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,4 +49,6 @@ mkdir -p "$GOBIN"
 # fake-gcs-server (GCS). Tests start them on 127.0.0.1 and skip when they are missing.
 [ -x "$GOBIN/versitygw" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
 [ -x "$GOBIN/fake-gcs-server" ] || go install github.com/fsouza/fake-gcs-server@v1.56.1
+# goreleaser, for the release tests (packaging/).
+./scripts/install-release-deps.sh
 echo "install-test-deps: ok (tools in $TOOLS_DIR)"

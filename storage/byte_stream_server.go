@@ -44,7 +44,7 @@ func newByteStreamServer(cas BlobStore, opts ServiceOptions) *byteStreamServer {
 	return &byteStreamServer{
 		opts:    opts,
 		cas:     cas,
-		uploads: newUploadRegistry(cas, opts.Clock, opts.UploadIdleTimeout),
+		uploads: newUploadRegistry(cas, opts.Clock, UploadLimits{IdleTimeout: opts.UploadIdleTimeout, MaxParked: opts.MaxParkedUploads, MaxParkedBytes: opts.MaxParkedUploadBytes}, opts.UploadDir),
 		logger:  opts.Logger.With().Str("component", "bytestream").Logger(),
 	}
 }
@@ -207,7 +207,6 @@ func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
 	} else if len(missing) == 0 {
 		// Already stored: no need for the rest of the data.
 		if u, err := b.uploads.acquire(ctx, name); err == nil && u != nil {
-			u.abort()
 			b.uploads.remove(u)
 		}
 		return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: completeSize(rn)})
@@ -221,10 +220,11 @@ func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
 		// Resume where the interrupted stream stopped.
 	case req.GetWriteOffset() == 0:
 		if u != nil {
-			u.abort()
 			b.uploads.remove(u)
 		}
-		u = b.uploads.start(name, rn)
+		if u, err = b.uploads.start(name, rn); err != nil {
+			return err
+		}
 	default:
 		var committed int64
 		if u != nil {
@@ -242,7 +242,6 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 	d := u.resource.Digest
 	identity := u.resource.Compressor == digest.Identity
 	fail := func(err error) error {
-		u.abort()
 		b.uploads.remove(u)
 		return err
 	}
@@ -258,14 +257,12 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 		if identity && committed+int64(len(data)) > d.Size {
 			return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: more data than the blob's %d bytes", d, d.Size))
 		}
+		if !identity && committed+int64(len(data)) > maxCompressedSize(d.Size) {
+			return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: more compressed data than a %d-byte blob can take", d, d.Size))
+		}
 		if len(data) > 0 {
-			if _, err := u.pw.Write(data); err != nil {
-				// The store stopped reading: it has the blob already, or refused it.
-				b.uploads.remove(u)
-				if perr := <-u.done; perr != nil {
-					return wrapError(perr, codes.Internal, "Failed to write blob %s", d)
-				}
-				return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: completeSize(u.resource)})
+			if err := u.write(data); err != nil {
+				return fail(err)
 			}
 			committed = u.committed.Add(int64(len(data)))
 		}
@@ -273,7 +270,7 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 			if identity && committed != d.Size {
 				return fail(status.Errorf(codes.InvalidArgument, "Failed to write blob %s: finish_write after %d bytes, want %d", d, committed, d.Size))
 			}
-			err := u.finish()
+			err := u.finish(stream.Context(), b.cas)
 			b.uploads.remove(u)
 			if err != nil {
 				return wrapError(err, codes.Internal, "Failed to write blob %s", d)
@@ -291,3 +288,7 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 		req = next
 	}
 }
+
+// maxCompressedSize bounds the zstd data accepted for a blob of size bytes: incompressible
+// data grows by a few bytes per block, far less than this.
+func maxCompressedSize(size int64) int64 { return size + size/8 + 1<<16 }

@@ -49,6 +49,9 @@ type DiskBlobStore struct {
 	logger  zerolog.Logger
 	metrics *blobStoreMetrics
 	lock    *os.File // Holds an exclusive flock on DIR/LOCK while open.
+	// freeSpace reports the bytes available to unprivileged writers on the file system
+	// holding a path (statfs by default).
+	freeSpace func(path string) (int64, error)
 
 	mu     sync.Mutex
 	index  *blobIndex
@@ -63,6 +66,21 @@ func WithBlobStoreClock(c clock.Clock) DiskBlobStoreOption {
 	return func(s *DiskBlobStore) { s.clock = c }
 }
 
+// WithFreeSpace sets the function that reports the bytes available on the file system holding
+// a path (statfs by default), e.g. to simulate a small disk in tests.
+func WithFreeSpace(f func(path string) (int64, error)) DiskBlobStoreOption {
+	return func(s *DiskBlobStore) { s.freeSpace = f }
+}
+
+// statfsFree returns the bytes available to unprivileged writers on path's file system.
+func statfsFree(path string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
 // NewDiskBlobStore opens (creating if needed) a disk blob store in dir holding at most maxSize
 // bytes of blobs. It removes temporary files left by a previous process, indexes the blobs
 // present, and evicts the least recently used ones if they exceed maxSize. Metrics are
@@ -72,13 +90,14 @@ func NewDiskBlobStore(dir string, maxSize int64, logger zerolog.Logger, reg prom
 		return nil, status.Errorf(codes.InvalidArgument, "Invalid blob store size bound %d: must be positive", maxSize)
 	}
 	s := &DiskBlobStore{
-		casDir:  filepath.Join(dir, "cas"),
-		tmpDir:  filepath.Join(dir, "tmp"),
-		maxSize: maxSize,
-		clock:   clock.System,
-		logger:  logger.With().Str("component", "disk_blob_store").Str("dir", dir).Logger(),
-		metrics: newBlobStoreMetrics(reg),
-		index:   newBlobIndex(),
+		casDir:    filepath.Join(dir, "cas"),
+		tmpDir:    filepath.Join(dir, "tmp"),
+		maxSize:   maxSize,
+		clock:     clock.System,
+		freeSpace: statfsFree,
+		logger:    logger.With().Str("component", "disk_blob_store").Str("dir", dir).Logger(),
+		metrics:   newBlobStoreMetrics(reg),
+		index:     newBlobIndex(),
 	}
 	for _, o := range opts {
 		o(s)
@@ -365,9 +384,10 @@ func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, o
 			return f, nil
 		}
 	}
+	s.ensureFree(d.Size)
 	tmp, err := os.CreateTemp(s.tmpDir, d.Hash[:16]+"-*")
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "Failed to store blob %s: %v", d, err)
+		return nil, diskError(err, d, "creating a temporary file")
 	}
 	committed := false
 	defer func() {
@@ -384,6 +404,10 @@ func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, o
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
 		}
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			s.MakeRoom(d.Size)
+			return nil, diskError(err, d, "writing")
+		}
 		return nil, wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
 	}
 	if err := v.Verify(); err != nil {
@@ -394,10 +418,10 @@ func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, o
 		return nil, wrapError(err, codes.InvalidArgument, "Failed to store blob %s", d)
 	}
 	if err := tmp.Sync(); err != nil {
-		return nil, status.Errorf(codes.Internal, "Failed to sync blob %s: %v", d, err)
+		return nil, diskError(err, d, "syncing")
 	}
 	if err := tmp.Close(); err != nil {
-		return nil, status.Errorf(codes.Internal, "Failed to close blob %s: %v", d, err)
+		return nil, diskError(err, d, "closing")
 	}
 	now := s.clock.Now()
 	if err := os.Chtimes(tmp.Name(), now, now); err != nil {
@@ -479,10 +503,52 @@ func (s *DiskBlobStore) commit(d digest.Digest, tmp string, now time.Time, commi
 	return nil
 }
 
+// diskError reports a failed file operation on blob d: a full disk is RESOURCE_EXHAUSTED (the
+// client should not retry at once as if the server were briefly unavailable), anything else
+// INTERNAL.
+func diskError(err error, d digest.Digest, what string) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return status.Errorf(codes.ResourceExhausted, "Failed to store blob %s: %s: the server's disk is full: %v", d, what, err)
+	}
+	return status.Errorf(codes.Internal, "Failed to store blob %s: %s: %v", d, what, err)
+}
+
+// ensureFree evicts least recently used blobs when the file system has less than size bytes
+// available, whatever the configured size bound: a disk shared with other data, or smaller
+// than the bound, fills before the bound is reached.
+func (s *DiskBlobStore) ensureFree(size int64) {
+	avail, err := s.freeSpace(s.tmpDir)
+	if err != nil || avail >= size {
+		return
+	}
+	freed := s.MakeRoom(size - avail)
+	s.logger.Warn().Int64("available", avail).Int64("needed", size).Int64("evicted_bytes", freed).
+		Msg("File system short of space; evicted least recently used blobs")
+}
+
+// MakeRoom evicts least recently used blobs until at least n bytes are freed or the store is
+// empty, and returns the bytes freed. Uploads call it when the disk is full.
+func (s *DiskBlobStore) MakeRoom(n int64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	target := s.index.total - n
+	if target < 0 {
+		target = 0
+	}
+	before := s.index.total
+	s.evictToLocked(target)
+	return before - s.index.total
+}
+
 // makeRoom evicts least recently used blobs until size more bytes fit. Files are removed under
 // the lock so that a concurrent commit of the same hash cannot be undone by a late removal.
 func (s *DiskBlobStore) makeRoom(size int64) {
-	for s.index.total+size > s.maxSize {
+	s.evictToLocked(s.maxSize - size)
+}
+
+// evictToLocked evicts least recently used blobs until at most total bytes are stored.
+func (s *DiskBlobStore) evictToLocked(total int64) {
+	for s.index.total > total {
 		e, ok := s.index.oldest()
 		if !ok {
 			return

@@ -41,6 +41,15 @@ type ServiceOptions struct {
 	// UploadIdleTimeout is how long an interrupted ByteStream upload is kept for resumption
 	// (10 minutes when zero).
 	UploadIdleTimeout time.Duration
+	// MaxParkedUploads bounds how many interrupted uploads are kept for resumption; the least
+	// recently used are dropped beyond it (DefaultMaxParkedUploads when zero).
+	MaxParkedUploads int
+	// MaxParkedUploadBytes bounds the bytes on disk of interrupted uploads kept for
+	// resumption (DefaultMaxParkedUploadBytes when zero).
+	MaxParkedUploadBytes int64
+	// UploadDir is the directory ByteStream uploads are spooled to until finish_write; its
+	// contents are removed at start. Empty: a new temporary directory.
+	UploadDir string
 	// MaxBlobSizeBytes is the largest blob ByteStream.Write and BatchUpdateBlobs accept (no
 	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.
 	// It is advertised as cache_capabilities.max_cas_blob_size_bytes.

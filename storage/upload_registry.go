@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
+	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -16,64 +19,232 @@ import (
 	"github.com/buildfleet/buildfleet/internal/digest"
 )
 
-// errBlobStored closes an upload's pipe once the store has the blob, so that a writer still
-// sending learns that the rest of its data is not needed.
-var errBlobStored = errors.New("blob stored")
-
-// upload is one ByteStream upload: a goroutine storing the blob from the read end of a pipe
-// while Write streams feed the write end. Because the pipe outlives a single Write stream, an
-// interrupted uncompressed upload can be resumed where it stopped, without keeping its data
-// in memory.
+// upload is one ByteStream upload. The bytes a Write stream sends are appended to a spool file
+// on disk; finish_write hands the file to the store, which verifies and stores the blob. While
+// no stream feeds it (the client dropped the stream), an upload is parked: nothing but this
+// small struct and the file's bytes on disk, so a later stream can resume it where it stopped.
 type upload struct {
 	name      string
 	resource  digest.ResourceName
-	pw        *io.PipeWriter
-	done      chan error    // Receives the result of the store's Put, once.
+	path      string
+	committed atomic.Int64  // Bytes of the stream accepted so far (in the spool file).
 	owner     chan struct{} // Holds one token while a Write stream feeds the upload.
-	committed atomic.Int64  // Bytes of the stream accepted so far.
-	cancel    context.CancelFunc
+
+	// f is the spool file, open for appending while a stream owns the upload.
+	f *os.File
+	// room, when set, evicts stored blobs to free n bytes on a full disk (see roomMaker).
+	room func(n int64) int64
 
 	// Guarded by uploadRegistry.mu.
 	owned    bool
 	lastUsed time.Time
+	gone     bool
 }
 
-// abort stops the upload; the store discards what it received.
-func (u *upload) abort() {
-	u.pw.CloseWithError(errAborted)
-	u.cancel()
+// write appends data to the spool file. A full disk is RESOURCE_EXHAUSTED.
+func (u *upload) write(data []byte) error {
+	if u.f == nil {
+		f, err := os.OpenFile(u.path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return wrapError(err, codes.Internal, "Failed to resume upload of blob %s", u.resource.Digest)
+		}
+		u.f = f
+	}
+	n, err := u.f.Write(data)
+	if errors.Is(err, syscall.ENOSPC) && u.room != nil && u.room(u.resource.Digest.Size+int64(len(data))) > 0 {
+		// The disk is full: evict stored blobs, which the store would do for this blob anyway.
+		var m int
+		m, err = u.f.Write(data[n:])
+		n += m
+	}
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", u.resource.Digest)
+		}
+		return wrapError(err, codes.Internal, "Failed to write blob %s", u.resource.Digest)
+	}
+	return nil
 }
 
-// finish closes the stream of data and waits for the store's verdict.
-func (u *upload) finish() error {
-	u.pw.Close()
-	return <-u.done
+// closeFile closes the spool file if it is open.
+func (u *upload) closeFile() {
+	if u.f != nil {
+		u.f.Close()
+		u.f = nil
+	}
 }
 
-// uploadRegistry keeps the uploads in progress keyed by resource name, and times out the
-// interrupted ones when it is entered.
+// finish hands the spooled bytes to the store, which verifies the digest, and removes the
+// spool file. The caller must then remove the upload from the registry.
+func (u *upload) finish(ctx context.Context, cas BlobStore) error {
+	u.closeFile()
+	defer os.Remove(u.path)
+	f, err := os.Open(u.path)
+	if err != nil {
+		return wrapError(err, codes.Internal, "Failed to store blob %s", u.resource.Digest)
+	}
+	defer f.Close()
+	var src io.Reader = f
+	if u.resource.Compressor == digest.Zstd {
+		dec, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			return status.Errorf(codes.Internal, "Failed to start zstd decoder: %v", err)
+		}
+		defer dec.Close()
+		src = &zstdErrorReader{r: dec}
+	}
+	return cas.Put(ctx, u.resource.Digest, src)
+}
+
+// discard closes and removes the spool file.
+func (u *upload) discard() {
+	u.closeFile()
+	os.Remove(u.path)
+}
+
+// UploadLimits bound the interrupted ByteStream uploads kept for resumption.
+type UploadLimits struct {
+	// IdleTimeout is how long an interrupted upload is kept (10 minutes when zero).
+	IdleTimeout time.Duration
+	// MaxParked bounds how many interrupted uploads are kept; the least recently used are
+	// dropped beyond it (DefaultMaxParkedUploads when zero).
+	MaxParked int
+	// MaxParkedBytes bounds the bytes on disk of interrupted uploads; the least recently used
+	// are dropped beyond it (DefaultMaxParkedUploadBytes when zero).
+	MaxParkedBytes int64
+}
+
+// Defaults of UploadLimits.
+const (
+	DefaultUploadIdleTimeout    = 10 * time.Minute
+	DefaultMaxParkedUploads     = 1000
+	DefaultMaxParkedUploadBytes = 1 << 30
+)
+
+func (l UploadLimits) withDefaults() UploadLimits {
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = DefaultUploadIdleTimeout
+	}
+	if l.MaxParked <= 0 {
+		l.MaxParked = DefaultMaxParkedUploads
+	}
+	if l.MaxParkedBytes <= 0 {
+		l.MaxParkedBytes = DefaultMaxParkedUploadBytes
+	}
+	return l
+}
+
+// roomMaker is a BlobStore that can evict blobs to free space on its disk (DiskBlobStore).
+type roomMaker interface {
+	MakeRoom(n int64) int64
+}
+
+// uploadRegistry keeps the uploads in progress keyed by resource name. Parked uploads are
+// bounded in number and bytes and dropped once idle for IdleTimeout, by a timer of the injected
+// clock that is armed only while some upload is parked.
 type uploadRegistry struct {
-	cas   BlobStore
-	clock clock.Clock
-	ttl   time.Duration
+	room   func(n int64) int64
+	clock  clock.Clock
+	limits UploadLimits
+	dir    string
 
-	mu      sync.Mutex
-	uploads map[string]*upload
+	mu         sync.Mutex
+	dirErr     error
+	uploads    map[string]*upload
+	parked     int
+	parkedSize int64
+	timer      clock.Timer
+	timerStop  chan struct{}
 }
 
-func newUploadRegistry(cas BlobStore, c clock.Clock, ttl time.Duration) *uploadRegistry {
-	return &uploadRegistry{cas: cas, clock: c, ttl: ttl, uploads: make(map[string]*upload)}
+// newUploadRegistry returns a registry spooling uploads into dir (created if needed; a new
+// temporary directory when empty). Spool files left in dir by an earlier process are removed.
+// A full disk evicts from cas when it is a roomMaker.
+func newUploadRegistry(cas BlobStore, c clock.Clock, limits UploadLimits, dir string) *uploadRegistry {
+	r := &uploadRegistry{clock: c, limits: limits.withDefaults(), dir: dir, uploads: make(map[string]*upload)}
+	if rm, ok := cas.(roomMaker); ok {
+		r.room = rm.MakeRoom
+	}
+	if dir == "" {
+		r.dir, r.dirErr = os.MkdirTemp("", "buildfleet-uploads-")
+	} else {
+		os.RemoveAll(dir)
+		r.dirErr = os.MkdirAll(dir, 0o700)
+	}
+	return r
 }
 
-// sweepLocked aborts interrupted uploads idle for longer than the timeout.
+// parkedLocked reports whether u counts as parked.
+func (u *upload) parkedLocked() bool { return !u.owned && !u.gone }
+
+// dropLocked forgets u and removes its bytes. u must not be owned.
+func (r *uploadRegistry) dropLocked(u *upload) {
+	if r.uploads[u.name] == u {
+		delete(r.uploads, u.name)
+	}
+	if u.parkedLocked() {
+		r.parked--
+		r.parkedSize -= u.committed.Load()
+	}
+	u.gone = true
+	u.discard()
+}
+
+// sweepLocked drops parked uploads idle for longer than the timeout, then the least recently
+// used ones while the count or bytes exceed their bounds.
 func (r *uploadRegistry) sweepLocked() {
 	now := r.clock.Now()
-	for name, u := range r.uploads {
-		if !u.owned && now.Sub(u.lastUsed) > r.ttl {
-			delete(r.uploads, name)
-			u.abort()
+	var parked []*upload
+	for _, u := range r.uploads {
+		if !u.parkedLocked() {
+			continue
+		}
+		if now.Sub(u.lastUsed) >= r.limits.IdleTimeout {
+			r.dropLocked(u)
+			continue
+		}
+		parked = append(parked, u)
+	}
+	if r.parked <= r.limits.MaxParked && r.parkedSize <= r.limits.MaxParkedBytes {
+		return
+	}
+	sort.Slice(parked, func(i, j int) bool { return parked[i].lastUsed.Before(parked[j].lastUsed) })
+	for _, u := range parked {
+		if r.parked <= r.limits.MaxParked && r.parkedSize <= r.limits.MaxParkedBytes {
+			return
+		}
+		r.dropLocked(u)
+	}
+}
+
+// armLocked makes sure a timer sweeps when the oldest parked upload expires.
+func (r *uploadRegistry) armLocked() {
+	if r.parked == 0 || r.timer != nil {
+		return
+	}
+	oldest := r.clock.Now()
+	for _, u := range r.uploads {
+		if u.parkedLocked() && u.lastUsed.Before(oldest) {
+			oldest = u.lastUsed
 		}
 	}
+	t, ch := r.clock.NewTimer(oldest.Add(r.limits.IdleTimeout).Sub(r.clock.Now()))
+	stop := make(chan struct{})
+	r.timer, r.timerStop = t, stop
+	go func() {
+		select {
+		case <-ch:
+		case <-stop:
+			return
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.timerStop == stop {
+			r.timer, r.timerStop = nil, nil
+		}
+		r.sweepLocked()
+		r.armLocked()
+	}()
 }
 
 // committed returns the committed size of the upload called name, if one is in progress.
@@ -105,77 +276,83 @@ func (r *uploadRegistry) acquire(ctx context.Context, name string) (*upload, err
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 		r.mu.Lock()
-		if r.uploads[name] == u {
+		if r.uploads[name] == u && !u.gone {
+			r.parked--
+			r.parkedSize -= u.committed.Load()
 			u.owned = true
 			r.mu.Unlock()
 			return u, nil
 		}
 		r.mu.Unlock()
-		<-u.owner // Finished or swept meanwhile: look again.
+		<-u.owner // Finished or dropped meanwhile: look again.
 	}
 }
 
-// start begins a new upload called name of rn, owned by the caller, replacing any other.
-func (r *uploadRegistry) start(name string, rn digest.ResourceName) *upload {
-	pr, pw := io.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	u := &upload{name: name, resource: rn, pw: pw, done: make(chan error, 1), owner: make(chan struct{}, 1), cancel: cancel, owned: true}
-	u.owner <- struct{}{}
-	go func() {
-		var src io.Reader = pr
-		if rn.Compressor == digest.Zstd {
-			dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
-			if err != nil {
-				err = status.Errorf(codes.Internal, "Failed to start zstd decoder: %v", err)
-				pr.CloseWithError(err)
-				u.done <- err
-				return
-			}
-			defer dec.Close()
-			src = &zstdErrorReader{r: dec}
-		}
-		err := r.cas.Put(ctx, rn.Digest, src)
-		if err == nil {
-			pr.CloseWithError(errBlobStored)
-		} else {
-			pr.CloseWithError(err)
-		}
-		cancel()
-		u.done <- err
-	}()
+// start begins a new upload called name of rn, owned by the caller, replacing any parked one.
+func (r *uploadRegistry) start(name string, rn digest.ResourceName) (*upload, error) {
 	r.mu.Lock()
-	if old := r.uploads[name]; old != nil && !old.owned {
-		old.abort()
+	defer r.mu.Unlock()
+	if r.dirErr != nil {
+		return nil, wrapError(r.dirErr, codes.Internal, "Failed to write blob %s: no upload directory", rn.Digest)
+	}
+	f, err := os.CreateTemp(r.dir, rn.Digest.Hash[:min(16, len(rn.Digest.Hash))]+"-*")
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", rn.Digest)
+		}
+		return nil, wrapError(err, codes.Internal, "Failed to write blob %s", rn.Digest)
+	}
+	u := &upload{name: name, resource: rn, path: f.Name(), f: f, room: r.room, owner: make(chan struct{}, 1), owned: true}
+	u.owner <- struct{}{}
+	if old := r.uploads[name]; old != nil && old.parkedLocked() {
+		r.dropLocked(old)
 	}
 	r.uploads[name] = u
-	r.mu.Unlock()
-	return u
+	return u, nil
 }
 
-// park releases an interrupted upload so a later stream can resume it. Compressed uploads
-// cannot be resumed (their offsets mix compressed and uncompressed sizes) and are aborted.
+// park releases an interrupted upload so a later stream can resume it: its file is closed and
+// no goroutine or buffer is kept. Compressed uploads cannot be resumed (their offsets mix
+// compressed and uncompressed sizes) and are dropped.
 func (r *uploadRegistry) park(u *upload) {
+	u.closeFile()
 	r.mu.Lock()
 	u.owned = false
 	u.lastUsed = r.clock.Now()
-	if r.uploads[u.name] != u || u.resource.Compressor != digest.Identity {
+	if r.uploads[u.name] != u || u.resource.Compressor != digest.Identity || u.committed.Load() == 0 {
+		u.gone = true
 		if r.uploads[u.name] == u {
 			delete(r.uploads, u.name)
 		}
-		u.abort()
+		u.discard()
+	} else {
+		r.parked++
+		r.parkedSize += u.committed.Load()
+		r.sweepLocked()
+		r.armLocked()
 	}
 	r.mu.Unlock()
 	<-u.owner
 }
 
-// remove forgets a finished or aborted upload and releases it.
+// remove forgets a finished or failed upload owned by the caller, removes its bytes and
+// releases it.
 func (r *uploadRegistry) remove(u *upload) {
 	r.mu.Lock()
 	if r.uploads[u.name] == u {
 		delete(r.uploads, u.name)
 	}
+	u.gone = true
 	r.mu.Unlock()
+	u.discard()
 	<-u.owner
+}
+
+// stats returns the number of parked uploads and their bytes on disk.
+func (r *uploadRegistry) stats() (parked int, bytes int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.parked, r.parkedSize
 }
 
 // zstdErrorReader marks malformed compressed data as INVALID_ARGUMENT.

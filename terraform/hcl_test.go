@@ -415,6 +415,54 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
+// TestWorkerSourcePrecondition evaluates each module's check of where workers come from (a
+// release version with its SHA256SUMS pin, or all four explicit URLs and sha256), which a
+// precondition enforces at plan time, and checks the release variables and their defaults.
+func TestWorkerSourcePrecondition(t *testing.T) {
+	pin, url := strings.Repeat("a", 64), "https://example.com/x"
+	for _, dir := range []string{"modules/aws-spot-workers", "modules/gcp-spot-workers"} {
+		c := load(t, dir)
+		for _, name := range []string{"release_version", "release_sha256sums_sha256", "release_url"} {
+			if c.variables[name] == nil {
+				t.Fatalf("%s does not declare %s", dir, name)
+			}
+		}
+		if d := literal(t, c.variables["release_url"].Body.Attributes["default"]); d.IsNull() ||
+			d.AsString() != "https://github.com/buildfleet/buildfleet/releases/download" {
+			t.Errorf("%s: release_url default %#v", dir, d)
+		}
+		src, _ := os.ReadFile(filepath.Join(dir, "main.tf"))
+		if !strings.Contains(string(src), "condition     = local.source_given") {
+			t.Errorf("%s: no precondition on local.source_given", dir)
+		}
+		for _, tc := range []struct {
+			name                               string
+			version, sumsPin, bURL, bSum, wURL string
+			wSum                               string
+			want                               bool
+		}{
+			{"release with pin", "v1.2.3", pin, "", "", "", "", true},
+			{"release without pin", "v1.2.3", "", "", "", "", "", false},
+			{"explicit URLs", "", "", url, pin, url, pin, true},
+			{"explicit URLs missing the worker's sha256", "", "", url, pin, url, "", false},
+			{"nothing", "", "", "", "", "", "", false},
+		} {
+			vars := cty.ObjectVal(map[string]cty.Value{
+				"release_version": cty.StringVal(tc.version), "release_sha256sums_sha256": cty.StringVal(tc.sumsPin),
+				"bootstrap_url": cty.StringVal(tc.bURL), "bootstrap_sha256": cty.StringVal(tc.bSum),
+				"worker_url": cty.StringVal(tc.wURL), "worker_sha256": cty.StringVal(tc.wSum),
+			})
+			v, diags := c.locals["source_given"].Expr.Value(&hcl.EvalContext{Variables: map[string]cty.Value{"var": vars}})
+			if diags.HasErrors() {
+				t.Fatalf("%s: local.source_given: %s", dir, diags)
+			}
+			if v.True() != tc.want {
+				t.Errorf("%s, %s: source_given = %v, want %v", dir, tc.name, v.True(), tc.want)
+			}
+		}
+	}
+}
+
 // TestCacheBucketModules checks the object store buckets: an expiration lifecycle rule driven
 // by expiration_days on the cache's prefix, and scheduler access scoped to the one bucket.
 func TestCacheBucketModules(t *testing.T) {

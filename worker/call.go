@@ -39,6 +39,12 @@ type call struct {
 	issued    time.Time
 	// report is true for a drain report sent with a short deadline.
 	report bool
+	// prompt is true for a call the scheduler answers at once instead of holding it: it
+	// creates the session, reports a finished lease or announces BOT_TERMINATING. Such a call
+	// is never cancelled to send newer news: its reply may already be on its way and carry new
+	// leases, which a cancelled call would lose (the scheduler would count them as never
+	// acknowledged and requeue them). Newer news goes in the next call.
+	prompt bool
 }
 
 // callResult is a finished call.
@@ -51,10 +57,11 @@ type callResult struct {
 // session returns the bot session as the worker reports it now.
 func (l *loop) session() *rwpb.BotSession {
 	s := &rwpb.BotSession{
-		Name:   l.name,
-		BotId:  l.cfg.WorkerID,
-		Status: rwpb.BotStatus_OK,
-		Worker: l.w.worker,
+		Name:    l.name,
+		BotId:   l.cfg.WorkerID,
+		Version: l.cfg.Version,
+		Status:  rwpb.BotStatus_OK,
+		Worker:  l.w.worker,
 	}
 	if l.phase != serving {
 		s.Status = rwpb.BotStatus_BOT_TERMINATING
@@ -125,6 +132,7 @@ func (l *loop) issue() {
 			c.completed[lz.id] = true
 		}
 	}
+	c.prompt = c.create || len(c.completed) > 0 || (c.terminating && !l.terminatingAcked)
 	timeout := l.cfg.UpdateTimeout
 	if l.ttl > 0 {
 		timeout = max(min(timeout, l.ttl*3/4), minCallTimeout)

@@ -148,7 +148,7 @@ func TestWorkerAcceptsBuildGridLeases(t *testing.T) {
 	t.Cleanup(func() { conn.Close() })
 
 	g := newGateExecutor("w1")
-	w, err := worker.New(worker.Config{WorkerID: "w1", InstanceName: "bg", Concurrency: 3, Platform: []worker.Property{{Key: "OSFamily", Value: "linux"}, {Key: "pool", Value: "big"}}}, conn, g, clk, log)
+	w, err := worker.New(worker.Config{WorkerID: "w1", Version: "1.2.3-test", InstanceName: "bg", Concurrency: 3, Platform: []worker.Property{{Key: "OSFamily", Value: "linux"}, {Key: "pool", Value: "big"}}}, conn, g, clk, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestWorkerAcceptsBuildGridLeases(t *testing.T) {
 	created := bots.created
 	bots.mu.Unlock()
 	dev := created.GetWorker().GetDevices()
-	if created.GetBotId() != "w1" || created.GetStatus() != rwpb.BotStatus_OK || len(dev) != 1 || dev[0].GetHandle() != "w1" {
+	if created.GetBotId() != "w1" || created.GetVersion() != "1.2.3-test" || created.GetStatus() != rwpb.BotStatus_OK || len(dev) != 1 || dev[0].GetHandle() != "w1" {
 		t.Fatalf("CreateBotSession: %v", created)
 	}
 	var props []string

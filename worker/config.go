@@ -22,6 +22,9 @@ const (
 type Config struct {
 	// WorkerID is the bot id of the session and the handle of its device. Required.
 	WorkerID string
+	// Version is the worker software's version, reported in BotSession.version (the scheduler
+	// shows it on /workers); empty sends none.
+	Version string
 	// InstanceName is the parent of the bot session and the instance Actions are read from
 	// when a lease carries only an Action digest.
 	InstanceName string

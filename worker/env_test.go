@@ -56,6 +56,8 @@ type env struct {
 	client *grpc.ClientConn
 	exec   repb.ExecutionClient
 	ops    longrunningpb.OperationsClient
+	// unary, when set before up, intercepts the server's unary calls (the Bots service).
+	unary grpc.UnaryServerInterceptor
 }
 
 func newEnv(t *testing.T, cfg scheduler.Config) *env {
@@ -97,7 +99,11 @@ func (e *env) up() {
 		return
 	}
 	e.lis = bufconn.Listen(1 << 20)
-	e.srv = grpc.NewServer(grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes)}
+	if e.unary != nil {
+		opts = append(opts, grpc.UnaryInterceptor(e.unary))
+	}
+	e.srv = grpc.NewServer(opts...)
 	storage.RegisterServices(e.srv, e.cas, e.ac, storage.ServiceOptions{ExecutionEnabled: true, Logger: e.log})
 	e.sched.Register(e.srv)
 	go e.srv.Serve(e.lis)

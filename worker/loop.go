@@ -54,9 +54,9 @@ type loop struct {
 	// running counts action goroutines that have not reported back, including those of
 	// withdrawn or handed-back leases that are still stopping; Run waits for all of them.
 	running int
-	// version counts changes the scheduler must hear; a call sent at an older version is
-	// cancelled and sent again so that completions are reported without waiting for the
-	// long-poll to end.
+	// version counts changes the scheduler must hear; a held long-poll sent at an older
+	// version is cancelled and sent again so that completions are reported without waiting for
+	// it to end (a prompt call is not: see call.prompt).
 	version uint64
 	// ttl is how long the scheduler keeps the session alive after a call, learned from the
 	// expire_time of its replies (zero until known).
@@ -141,7 +141,7 @@ func (l *loop) run(ctx context.Context, notices <-chan cloud.Notice) error {
 		if l.call == nil && l.retryC == nil && (l.paceC == nil || l.version > l.paceVersion) {
 			l.issue()
 		}
-		if l.call != nil && !l.call.cancelled && l.version > l.call.version {
+		if l.call != nil && !l.call.cancelled && !l.call.prompt && l.version > l.call.version {
 			l.cancelCall()
 		}
 		select {

@@ -11,7 +11,10 @@ import (
 // While the scheduler is unreachable the worker holds the result it computed, retries with
 // backoff, and reports it once the scheduler is back; the client gets it.
 func TestWorkerDeliversResultsAfterSchedulerOutage(t *testing.T) {
-	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour, NoRetries: true})
+	// The outage cuts the worker's connection while the scheduler keeps its state (a network
+	// outage): with a disconnect grace as long as the session's life, the lease waits for the
+	// worker to come back.
+	e := newEnv(t, scheduler.Config{SessionExpiry: time.Hour, DisconnectGrace: time.Hour, NoRetries: true})
 	g := newGateExecutor("w1", "a")
 	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, g)
 	o := e.execute(e.action("true", "a", 0))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -8,11 +9,15 @@ import (
 
 	"github.com/buildfleet/buildfleet/bootstrap"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/version"
 )
 
 // envPrefix prefixes the environment variable each flag falls back to:
 // --worker-url reads BUILDFLEET_BOOTSTRAP_WORKER_URL.
 const envPrefix = "BUILDFLEET_BOOTSTRAP"
+
+// errShowVersion is returned by parseFlags for --version.
+var errShowVersion = errors.New("--version")
 
 // parseFlags parses the bootstrapper's command line: its own flags, then "--" and the
 // arguments passed to the worker.
@@ -21,7 +26,10 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 	fs := flag.NewFlagSet("bootstrap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.WorkerURL, "worker-url", "", "where to download the worker: https://, s3://BUCKET/KEY or gs://BUCKET/OBJECT")
-	fs.StringVar(&c.WorkerSHA256, "worker-sha256", "", "expected sha256 of the worker binary, 64 hex digits (required)")
+	fs.StringVar(&c.WorkerSHA256, "worker-sha256", "", "expected sha256 of the worker binary, 64 hex digits (required with --worker-url; with a release it must agree with SHA256SUMS)")
+	fs.StringVar(&c.ReleaseURL, "release-url", "", "base URL of buildfleet releases (https://, s3://, gs://); the worker is RELEASE_URL/VERSION/worker-linux-ARCH, checked against RELEASE_URL/VERSION/SHA256SUMS (instead of --worker-url)")
+	fs.StringVar(&c.ReleaseVersion, "release-version", "", "release to install from --release-url, e.g. v1.2.3")
+	fs.StringVar(&c.ReleaseSHA256SUMSSHA256, "release-sha256sums-sha256", "", "expected sha256 of the release's SHA256SUMS file, 64 hex digits: one pin for every architecture (required with --release-url)")
 	fs.BoolVar(&c.AllowInsecureHTTP, "allow-insecure-http", false, "allow http:// worker URLs to non-loopback hosts")
 	fs.StringVar(&c.InstallPath, "install-path", bootstrap.DefaultInstallPath, "where to install the worker binary")
 	packages := fs.String("packages", bootstrap.DefaultPackagesKeyword,
@@ -43,9 +51,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 	fs.IntVar(&c.Retry.Attempts, "retries", bootstrap.DefaultRetryPolicy.Attempts, "download attempts before giving up")
 	fs.DurationVar(&c.Retry.Initial, "retry-initial-backoff", bootstrap.DefaultRetryPolicy.Initial, "wait after the first failed download; doubles each time")
 	fs.DurationVar(&c.Retry.Max, "retry-max-backoff", bootstrap.DefaultRetryPolicy.Max, "longest wait between download attempts")
+	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, envPrefix)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: bootstrap --worker-url=URL --worker-sha256=HEX [flags] [-- worker arguments]\n\n")
+		fmt.Fprintf(stderr, "Usage: bootstrap --worker-url=URL --worker-sha256=HEX [flags] [-- worker arguments]\n")
+		fmt.Fprintf(stderr, "   or: bootstrap --release-url=URL --release-version=VERSION --release-sha256sums-sha256=HEX [flags] [-- worker arguments]\n\n")
 		fs.PrintDefaults()
 	}
 
@@ -58,6 +68,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 	}
 	if err := flagenv.Parse(fs, envPrefix, own, getenv); err != nil {
 		return c, err
+	}
+	if *showVersion {
+		return c, errShowVersion
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q (worker arguments go after --)", fs.Arg(0))

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/buildfleet/buildfleet/bootstrap"
+	"github.com/buildfleet/buildfleet/internal/version"
 )
 
 func main() {
@@ -27,6 +28,10 @@ func main() {
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	config, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if errors.Is(err, errShowVersion) {
+		fmt.Fprintln(stdout, version.Get().String("bootstrap"))
 		return 0
 	}
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -303,9 +304,52 @@ func TestBadCommandLineExitsTwo(t *testing.T) {
 		{"--worker-url=https://example.com/worker", "--worker-sha256=abc", "--no-systemd"},
 		{"--worker-url=https://example.com/worker", "--worker-sha256=" + sum(nil), "stray"},
 		{"--no-such-flag"},
+		{"--release-url=https://example.com/dl", "--release-version=../v1", "--no-systemd"},
+		{"--release-url=https://example.com/dl", "--release-version=v1", "--worker-url=https://example.com/worker", "--no-systemd"},
 	} {
 		if r := runBootstrap(t, nil, args...); r.code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, r.code)
 		}
+	}
+}
+
+// --version prints the version line and does nothing else; BUILDFLEET_BOOTSTRAP_VERSION does
+// not count as --version.
+func TestVersion(t *testing.T) {
+	skipShort(t)
+	r := runBootstrap(t, nil, "--version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "bootstrap ") || !strings.Contains(r.stdout, " go1.") {
+		t.Fatalf("--version: exit %d, stdout %q", r.code, r.stdout)
+	}
+	if r := runBootstrap(t, []string{"BUILDFLEET_BOOTSTRAP_VERSION=true"}); r.code != 2 || strings.HasPrefix(r.stdout, "bootstrap ") {
+		t.Fatalf("BUILDFLEET_BOOTSTRAP_VERSION=true: exit %d, stdout %q; want the missing --worker-url refused", r.code, r.stdout)
+	}
+}
+
+// The release flags also come from the environment: the worker is installed from a release
+// directory through its SHA256SUMS.
+func TestInstallFromReleaseThroughEnvironment(t *testing.T) {
+	skipShort(t)
+	arch := runtime.GOARCH
+	sums := []byte(sum(payload) + "  worker-linux-" + arch + "\n")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/dl/v9.8.7/SHA256SUMS":
+			w.Write(sums)
+		case "/dl/v9.8.7/worker-linux-" + arch:
+			w.Write(payload)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	path := filepath.Join(t.TempDir(), "worker")
+	r := runBootstrap(t, []string{"BUILDFLEET_BOOTSTRAP_RELEASE_URL=" + srv.URL + "/dl", "BUILDFLEET_BOOTSTRAP_RELEASE_VERSION=v9.8.7",
+		"BUILDFLEET_BOOTSTRAP_RELEASE_SHA256SUMS_SHA256=" + sum(sums)}, "--install-path="+path, "--packages=none", "--no-systemd")
+	if r.code != 0 {
+		t.Fatalf("exit %d", r.code)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, payload) {
+		t.Fatalf("installed %d bytes, want the released worker (%d bytes)", len(got), len(payload))
 	}
 }

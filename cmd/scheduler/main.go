@@ -11,7 +11,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -30,9 +29,13 @@ import (
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
 	"github.com/buildfleet/buildfleet/internal/metrics"
+	"github.com/buildfleet/buildfleet/internal/version"
 	"github.com/buildfleet/buildfleet/scheduler"
 	"github.com/buildfleet/buildfleet/storage"
 )
+
+// shutdownSettle is how long shutdown waits before it trusts the count of calls in flight.
+const shutdownSettle = 100 * time.Millisecond
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -51,19 +54,26 @@ func defaultStorageDir() string {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers")
+	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers (ignored when systemd passes the socket: socket activation)")
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
+	disconnectGrace := fs.Duration("disconnect-grace", scheduler.DefaultDisconnectGrace, "a worker whose connection ended (its process died) and that does not call again within this long loses its leases; they are requeued")
 	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
 	unmatchedTimeout := fs.Duration("unmatched-platform-timeout", 5*time.Minute, "how long an action no connected worker can run waits before failing")
 	maxBlob := bytesize.Size(10 << 30)
 	fs.Var(&maxBlob, "max-blob-size", "largest blob a client may upload (ByteStream.Write, BatchUpdateBlobs); larger ones fail with INVALID_ARGUMENT (e.g. 10G; 0: no limit)")
 	maxStreams := fs.Uint("max-concurrent-streams", 1000, "concurrent RPCs (HTTP/2 streams) one client connection may have open; more wait for a free one")
 	maxQueue := fs.Int("max-queue-per-instance", 100000, "queued actions per instance name beyond which Execute answers RESOURCE_EXHAUSTED")
+	opRetention := fs.Duration("operation-retention", scheduler.DefaultCompletedRetention, "how long a finished operation stays in memory; after it WaitExecution is answered from the action cache")
+	maxOps := fs.Int("max-finished-operations", scheduler.DefaultMaxCompletedOperations, "finished operations kept in memory; the oldest are forgotten first beyond it")
+	uploadResume := fs.Duration("upload-resume-timeout", storage.DefaultUploadIdleTimeout, "how long the bytes of an interrupted ByteStream upload are kept for the client to resume it")
+	maxParked := fs.Int("max-parked-uploads", storage.DefaultMaxParkedUploads, "interrupted uploads kept for resumption; the least recently used are dropped beyond it")
+	maxParkedSize := bytesize.Size(storage.DefaultMaxParkedUploadBytes)
+	fs.Var(&maxParkedSize, "max-parked-upload-size", "bytes on disk of interrupted uploads kept for resumption (e.g. 1G); the least recently used are dropped beyond it")
 	shutdownGrace := fs.Duration("shutdown-grace", 10*time.Second, "how long SIGTERM waits for in-flight RPCs before closing them")
 	tlsCert := fs.String("tls-cert", "", "PEM certificate (chain) for TLS; clients then use grpcs://")
 	tlsKey := fs.String("tls-key", "", "PEM private key for --tls-cert")
@@ -73,12 +83,16 @@ func run(args []string) error {
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
 	ha := registerHAFlags(fs)
+	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if showVersion.Print(os.Stdout, "scheduler") {
+		return nil
 	}
 
 	if *maxStreams < 1 || *maxStreams > 1<<31 {
@@ -128,11 +142,20 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if !authz.Enabled() && !auth.IsLoopbackListen(*listen) {
+	lis, activated, err := grpcListener(*listen)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	listenAddr := *listen
+	if activated {
+		listenAddr = lis.Addr().String()
+	}
+	if !authz.Enabled() && !auth.IsLoopbackListen(listenAddr) {
 		if !*insecureRemote {
-			return fmt.Errorf("--listen=%s is not a loopback address and no --client-tokens-file or --worker-tokens-file is set; give token files, or pass --insecure-allow-remote to serve anyone who can reach it", *listen)
+			return fmt.Errorf("--listen=%s is not a loopback address and no --client-tokens-file or --worker-tokens-file is set; give token files, or pass --insecure-allow-remote to serve anyone who can reach it", listenAddr)
 		}
-		logger.Warn().Str("listen", *listen).Msg("INSECURE: authentication is OFF on a non-loopback address: anyone who can reach it can read the cache and run commands")
+		logger.Warn().Str("listen", listenAddr).Msg("INSECURE: authentication is OFF on a non-loopback address: anyone who can reach it can read the cache and run commands")
 	}
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes),
@@ -141,6 +164,8 @@ func run(args []string) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
+	calls := newInflightCalls()
+	opts = append(opts, calls.ServerOptions()...)
 	opts = append(opts, authz.ServerOptions()...)
 	useTLS := *tlsCert != "" || *tlsKey != ""
 	if useTLS {
@@ -157,11 +182,14 @@ func run(args []string) error {
 	}
 
 	cfg := scheduler.Config{
-		SessionExpiry:         *sessionTimeout,
-		RetryLimit:            *retryLimit,
-		UnmatchedPlatformWait: *unmatchedTimeout,
-		MaxQueuePerInstance:   *maxQueue,
-		NoRetries:             *retryLimit == 0,
+		SessionExpiry:          *sessionTimeout,
+		RetryLimit:             *retryLimit,
+		UnmatchedPlatformWait:  *unmatchedTimeout,
+		MaxQueuePerInstance:    *maxQueue,
+		NoRetries:              *retryLimit == 0,
+		CompletedRetention:     *opRetention,
+		DisconnectGrace:        *disconnectGrace,
+		MaxCompletedOperations: *maxOps,
 	}
 	if haOn {
 		cfg.AdoptionWindow = *ha.adoptionWindow
@@ -170,10 +198,14 @@ func run(args []string) error {
 
 	srv := grpc.NewServer(opts...)
 	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
-		ExecutionEnabled:    true,
-		Logger:              logger,
-		ActionCacheWritable: authz.MayWriteActionCache,
-		MaxBlobSizeBytes:    int64(maxBlob),
+		ExecutionEnabled:     true,
+		Logger:               logger,
+		ActionCacheWritable:  authz.MayWriteActionCache,
+		MaxBlobSizeBytes:     int64(maxBlob),
+		UploadIdleTimeout:    *uploadResume,
+		MaxParkedUploads:     *maxParked,
+		MaxParkedUploadBytes: int64(maxParkedSize),
+		UploadDir:            filepath.Join(*storageDir, "uploads"),
 	})
 	var (
 		sched   *scheduler.Scheduler
@@ -194,10 +226,6 @@ func run(args []string) error {
 		workers = sched.WorkersHandler()
 	}
 
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
 	var ms *metrics.Server
 	if *metricsListen != "" {
 		ms, err = metrics.Listen(*metricsListen, reg, func() error { return nil })
@@ -227,7 +255,7 @@ func run(args []string) error {
 	} else {
 		close(nodeDone)
 	}
-	logger.Info().Str("listen", lis.Addr().String()).Str("storage_dir", *storageDir).
+	logger.Info().Str("listen", lis.Addr().String()).Bool("socket_activated", activated).Str("storage_dir", *storageDir).
 		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
 	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled())
 
@@ -245,11 +273,27 @@ func run(args []string) error {
 		sched.Close()
 	}
 	<-nodeDone // the replica resigned: the next leader takes over at once
-	select {
-	case <-done:
-	case <-time.After(*shutdownGrace):
-		logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
-		srv.Stop()
+	grace := time.After(*shutdownGrace)
+	// Calls whose streams the server had received before it stopped taking new ones reach
+	// their handlers (and are counted) within the settle time; only then is the count trusted.
+	settle := time.After(shutdownSettle)
+	var idle <-chan struct{}
+	for stopped := false; !stopped; {
+		select {
+		case <-done:
+			stopped = true
+		case <-settle:
+			settle, idle = nil, calls.Idle()
+		case <-idle:
+			// Every call has finished: connections of idle clients are closed now rather than
+			// when each client gets round to it, so a restart takes milliseconds.
+			srv.Stop()
+			stopped = true
+		case <-grace:
+			logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
+			srv.Stop()
+			stopped = true
+		}
 	}
 	if ms != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

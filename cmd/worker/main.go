@@ -28,6 +28,7 @@ import (
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/version"
 	"github.com/buildfleet/buildfleet/runner"
 	"github.com/buildfleet/buildfleet/worker"
 )
@@ -65,12 +66,16 @@ func run(args []string) error {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	cloudCfg := cloud.DefaultConfig(nil)
 	cloudCfg.RegisterFlags(fs)
+	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if showVersion.Print(os.Stdout, "worker") {
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -175,6 +180,7 @@ func run(args []string) error {
 
 	w, err := worker.New(worker.Config{
 		WorkerID:          *workerID,
+		Version:           version.Get().Short(),
 		InstanceName:      *instance,
 		Concurrency:       *concurrency,
 		Platform:          props,
@@ -196,7 +202,7 @@ func run(args []string) error {
 	}
 	logger.Info().Str("scheduler", *scheduler).Bool("tls", secure).Str("token_id", tokenID).Str("run_as", runAsLog).Str("sandbox", sandbox.String()).
 		Bool("allow_escaping_symlinks", *allowEscaping).Str("cloud", sel.Cloud).Str("cache_directory", *cacheDir).Str("max_cache_size", maxCache.String()).
-		Dur("drain_timeout", *drainTimeout).Dur("drain_safety_margin", *safetyMargin).Msg("Worker configured")
+		Dur("drain_timeout", *drainTimeout).Dur("drain_safety_margin", *safetyMargin).Str("version", version.Get().Short()).Msg("Worker configured")
 	return w.Run(ctx, cloud.Watch(ctx, sources...))
 }
 

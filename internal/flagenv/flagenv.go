@@ -17,7 +17,8 @@ func EnvName(prefix, name string) string {
 
 // Parse parses args into fs, then sets every flag not given on the command line from its
 // environment variable (looked up with getenv, os.Getenv when nil), if that is set. Flags that
-// may be repeated receive the variable's value split on commas.
+// may be repeated receive the variable's value split on commas. Flags whose Value has a
+// CommandLineOnly method returning true (--version) are never read from the environment.
 func Parse(fs *flag.FlagSet, prefix string, args []string, getenv func(string) string) error {
 	if getenv == nil {
 		getenv = os.Getenv
@@ -29,7 +30,7 @@ func Parse(fs *flag.FlagSet, prefix string, args []string, getenv func(string) s
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] || err != nil {
+		if given[f.Name] || err != nil || commandLineOnly(f) {
 			return
 		}
 		env := EnvName(prefix, f.Name)
@@ -54,8 +55,16 @@ func Parse(fs *flag.FlagSet, prefix string, args []string, getenv func(string) s
 // AnnotateUsage appends "(env NAME)" to each flag's usage text so --help shows the variables.
 func AnnotateUsage(fs *flag.FlagSet, prefix string) {
 	fs.VisitAll(func(f *flag.Flag) {
+		if commandLineOnly(f) {
+			return
+		}
 		f.Usage += " (env " + EnvName(prefix, f.Name) + ")"
 	})
+}
+
+func commandLineOnly(f *flag.Flag) bool {
+	c, ok := f.Value.(interface{ CommandLineOnly() bool })
+	return ok && c.CommandLineOnly()
 }
 
 // Strings is a repeatable string flag; from the environment it takes a comma-separated list.

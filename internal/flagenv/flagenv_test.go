@@ -57,3 +57,34 @@ func TestBadEnvironmentValueIsAnError(t *testing.T) {
 		t.Fatal("want an error for a non-numeric BUILDFLEET_WORKER_CONCURRENCY")
 	}
 }
+
+// cliOnly is a boolean flag that, like --version, only the command line may set.
+type cliOnly bool
+
+func (c *cliOnly) IsBoolFlag() bool      { return true }
+func (c *cliOnly) CommandLineOnly() bool { return true }
+func (c *cliOnly) String() string        { return "" }
+func (c *cliOnly) Set(string) error      { *c = true; return nil }
+
+func TestCommandLineOnlyFlagIgnoresEnvironment(t *testing.T) {
+	fs, _, _, _ := newSet()
+	var v cliOnly
+	fs.Var(&v, "version", "print the version")
+	flagenv.AnnotateUsage(fs, "BUILDFLEET")
+	if u := fs.Lookup("version").Usage; u != "print the version" {
+		t.Errorf("usage %q names an environment variable", u)
+	}
+	if u := fs.Lookup("listen").Usage; u != " (env BUILDFLEET_LISTEN)" {
+		t.Errorf("listen usage %q", u)
+	}
+	env := map[string]string{"BUILDFLEET_VERSION": "true"}
+	if err := flagenv.Parse(fs, "BUILDFLEET", nil, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if v {
+		t.Fatal("BUILDFLEET_VERSION set a command-line-only flag")
+	}
+	if err := flagenv.Parse(fs, "BUILDFLEET", []string{"--version"}, func(k string) string { return env[k] }); err != nil || !v {
+		t.Fatalf("--version on the command line: err %v, set %v", err, v)
+	}
+}

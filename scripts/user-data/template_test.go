@@ -10,8 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -27,6 +29,7 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 
 // values are the template variables, before quoting.
 type values struct {
+	releaseURL, releaseVersion, sha256sumsSHA256                                     string
 	bootstrapURL, bootstrapSHA256, bootstrapPath, workerURL, workerSHA256, scheduler string
 	tokenFile, tokenCommand                                                          string
 	bootstrapArgs                                                                    []string
@@ -48,15 +51,18 @@ func render(t *testing.T, v values) string {
 		args = append(args, shellQuote(a))
 	}
 	vars := map[string]cty.Value{
-		"bootstrap_url":    cty.StringVal(shellQuote(v.bootstrapURL)),
-		"bootstrap_sha256": cty.StringVal(shellQuote(v.bootstrapSHA256)),
-		"bootstrap_path":   cty.StringVal(shellQuote(v.bootstrapPath)),
-		"worker_url":       cty.StringVal(shellQuote(v.workerURL)),
-		"worker_sha256":    cty.StringVal(shellQuote(v.workerSHA256)),
-		"scheduler":        cty.StringVal(shellQuote(v.scheduler)),
-		"token_file":       cty.StringVal(shellQuote(v.tokenFile)),
-		"token_command":    cty.StringVal(shellQuote(v.tokenCommand)),
-		"bootstrap_args":   cty.StringVal(strings.Join(args, " ")),
+		"release_url":       cty.StringVal(shellQuote(v.releaseURL)),
+		"release_version":   cty.StringVal(shellQuote(v.releaseVersion)),
+		"sha256sums_sha256": cty.StringVal(shellQuote(v.sha256sumsSHA256)),
+		"bootstrap_url":     cty.StringVal(shellQuote(v.bootstrapURL)),
+		"bootstrap_sha256":  cty.StringVal(shellQuote(v.bootstrapSHA256)),
+		"bootstrap_path":    cty.StringVal(shellQuote(v.bootstrapPath)),
+		"worker_url":        cty.StringVal(shellQuote(v.workerURL)),
+		"worker_sha256":     cty.StringVal(shellQuote(v.workerSHA256)),
+		"scheduler":         cty.StringVal(shellQuote(v.scheduler)),
+		"token_file":        cty.StringVal(shellQuote(v.tokenFile)),
+		"token_command":     cty.StringVal(shellQuote(v.tokenCommand)),
+		"bootstrap_args":    cty.StringVal(strings.Join(args, " ")),
 	}
 	// Like templatefile(), refuse a template that uses a variable it is not given.
 	for _, tr := range expr.Variables() {
@@ -96,7 +102,7 @@ func TestRenderedScriptParses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bash -n: %v\n%s\n%s", err, out, script)
 	}
-	if n := strings.Count(script, "\n"); n > 45 {
+	if n := strings.Count(script, "\n"); n > 55 {
 		t.Errorf("user-data is %d lines; keep it to one screen", n)
 	}
 	if !strings.Contains(script, `'pool=it'\''s spot'`) {
@@ -234,4 +240,92 @@ func TestScriptInstallsTheWorker(t *testing.T) {
 func sum(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+// TestScriptInstallsFromARelease runs the rendered user-data in release mode against a release
+// directory on 127.0.0.1: it checks SHA256SUMS against the pin, takes the bootstrapper's
+// sha256 from it, and the bootstrapper installs the worker through the same SHA256SUMS. A wrong
+// pin, or a bootstrapper that does not match SHA256SUMS, stops everything before the worker.
+func TestScriptInstallsFromARelease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: builds the bootstrapper and runs the user-data with bash; skipped with -short")
+	}
+	for _, tool := range []string{"bash", "curl", "sha256sum", "awk", "sed", "uname"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "bootstrap-build")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/bootstrap").CombinedOutput(); err != nil {
+		t.Fatalf("building ./cmd/bootstrap: %v\n%s", err, out)
+	}
+	bootstrapBin, _ := os.ReadFile(bin)
+	workerBin := []byte("#!/bin/sh\necho released worker\n")
+	arch := runtime.GOARCH
+	files := map[string][]byte{"bootstrap-linux-" + arch: bootstrapBin, "worker-linux-" + arch: workerBin}
+	sumsFor := func(bootstrap []byte) []byte {
+		return []byte(sum(bootstrap) + "  bootstrap-linux-" + arch + "\n" + sum(workerBin) + "  worker-linux-" + arch + "\n")
+	}
+	var mu sync.Mutex
+	var requests []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		name := strings.TrimPrefix(r.URL.Path, "/download/v1.2.3/")
+		mu.Lock()
+		requests = append(requests, name)
+		body, ok := files[name]
+		mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(body)
+	}))
+	defer srv.Close()
+
+	for _, tc := range []struct {
+		name      string
+		sums      []byte // served SHA256SUMS
+		pinOf     []byte // what the pin is the sha256 of
+		wantOK    bool
+		wantFetch string
+	}{
+		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS"},
+		{"bootstrapper not the one listed", sumsFor([]byte("another")), sumsFor([]byte("another")), false,
+			"SHA256SUMS bootstrap-linux-" + arch},
+		{"right pin", sumsFor(bootstrapBin), sumsFor(bootstrapBin), true,
+			"SHA256SUMS bootstrap-linux-" + arch + " SHA256SUMS worker-linux-" + arch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			files["SHA256SUMS"] = tc.sums
+			requests = nil
+			mu.Unlock()
+			root := t.TempDir()
+			v := values{
+				releaseURL: srv.URL + "/download", releaseVersion: "v1.2.3", sha256sumsSHA256: sum(tc.pinOf),
+				bootstrapPath: filepath.Join(root, "sbin", "buildfleet-bootstrap"), scheduler: "grpc://127.0.0.1:1",
+				tokenFile:     filepath.Join(root, "etc", "token"),
+				bootstrapArgs: []string{"--no-systemd", "--packages=none", "--install-path=" + filepath.Join(root, "bin", "worker")},
+			}
+			out, err := exec.Command("bash", writeScript(t, render(t, v))).CombinedOutput()
+			t.Logf("user-data output:\n%s", out)
+			if (err == nil) != tc.wantOK {
+				t.Fatalf("user-data exit: %v, want success=%v", err, tc.wantOK)
+			}
+			mu.Lock()
+			got := strings.Join(requests, " ")
+			mu.Unlock()
+			if got != tc.wantFetch {
+				t.Fatalf("fetched %q, want %q", got, tc.wantFetch)
+			}
+			if entries, _ := os.ReadDir(filepath.Join(root, "sbin")); !tc.wantOK && len(entries) != 0 {
+				t.Fatalf("left behind in sbin: %v", entries)
+			} else if tc.wantOK && len(entries) != 1 {
+				t.Fatalf("sbin holds %v, want only the bootstrapper", entries)
+			}
+			if w, _ := os.ReadFile(filepath.Join(root, "bin", "worker")); tc.wantOK != bytes.Equal(w, workerBin) {
+				t.Fatalf("worker installed: %q, want installed=%v", w, tc.wantOK)
+			}
+		})
+	}
 }

@@ -28,18 +28,13 @@ variable "region" {
 }
 
 variable "release" {
-  description = "buildfleet release whose bootstrap and worker binaries are installed."
+  description = "buildfleet release whose bootstrapper and worker the instances install."
   type        = string
   default     = "v0.1.0"
 }
 
-variable "bootstrap_sha256" {
-  description = "sha256 of bootstrap-linux-amd64 from the release's SHA256SUMS."
-  type        = string
-}
-
-variable "worker_sha256" {
-  description = "sha256 of worker-linux-amd64 from the release's SHA256SUMS."
+variable "release_sha256sums_sha256" {
+  description = "sha256 of the release's SHA256SUMS (from its release notes, or `curl -sL .../SHA256SUMS | sha256sum` on a machine you trust): the one pin for every file and architecture."
   type        = string
 }
 
@@ -53,10 +48,8 @@ module "workers" {
   min_replicas = 0
   max_replicas = 64
 
-  bootstrap_url    = "https://github.com/buildfleet/buildfleet/releases/download/${var.release}/bootstrap-linux-amd64"
-  bootstrap_sha256 = var.bootstrap_sha256
-  worker_url       = "https://github.com/buildfleet/buildfleet/releases/download/${var.release}/worker-linux-amd64"
-  worker_sha256    = var.worker_sha256
+  release_version           = var.release
+  release_sha256sums_sha256 = var.release_sha256sums_sha256
 
   scheduler_address     = "grpc://10.10.0.5:8980"
   auth_token_secret     = "buildfleet-worker-token"

@@ -23,14 +23,22 @@ locals {
     var.worker_args,
   )
 
+  # Where the workers come from: a release pinned by its SHA256SUMS, or explicit pinned URLs.
+  source_given = (var.release_version != "" ? var.release_sha256sums_sha256 != "" :
+  (var.bootstrap_url != "" && var.bootstrap_sha256 != "" && var.worker_url != "" && var.worker_sha256 != ""))
+  source_error = "Set release_version and release_sha256sums_sha256, or bootstrap_url, bootstrap_sha256, worker_url and worker_sha256."
+
   user_data_values = {
-    bootstrap_url    = var.bootstrap_url
-    bootstrap_sha256 = var.bootstrap_sha256
-    bootstrap_path   = "/usr/local/sbin/buildfleet-bootstrap"
-    worker_url       = var.worker_url
-    worker_sha256    = var.worker_sha256
-    scheduler        = var.scheduler_address
-    token_file       = local.token_file
+    release_url       = var.release_url
+    release_version   = var.release_version
+    sha256sums_sha256 = var.release_sha256sums_sha256
+    bootstrap_url     = var.bootstrap_url
+    bootstrap_sha256  = var.bootstrap_sha256
+    bootstrap_path    = "/usr/local/sbin/buildfleet-bootstrap"
+    worker_url        = var.worker_url
+    worker_sha256     = var.worker_sha256
+    scheduler         = var.scheduler_address
+    token_file        = local.token_file
     token_command = var.auth_token_ssm_parameter == "" ? "" : join(" ", [
       "aws ssm get-parameter --region ${data.aws_region.current.name}",
       "--name ${var.auth_token_ssm_parameter} --with-decryption --query Parameter.Value --output text",
@@ -55,6 +63,13 @@ resource "aws_launch_template" "workers" {
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.workers.arn
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.source_given
+      error_message = local.source_error
+    }
   }
 
   # IMDSv2 only; a hop limit of 2 lets containers on the instance read IMDS (spot notices).

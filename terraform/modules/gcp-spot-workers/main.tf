@@ -10,14 +10,22 @@ locals {
     var.worker_args,
   )
 
+  # Where the workers come from: a release pinned by its SHA256SUMS, or explicit pinned URLs.
+  source_given = (var.release_version != "" ? var.release_sha256sums_sha256 != "" :
+  (var.bootstrap_url != "" && var.bootstrap_sha256 != "" && var.worker_url != "" && var.worker_sha256 != ""))
+  source_error = "Set release_version and release_sha256sums_sha256, or bootstrap_url, bootstrap_sha256, worker_url and worker_sha256."
+
   user_data_values = {
-    bootstrap_url    = var.bootstrap_url
-    bootstrap_sha256 = var.bootstrap_sha256
-    bootstrap_path   = "/usr/local/sbin/buildfleet-bootstrap"
-    worker_url       = var.worker_url
-    worker_sha256    = var.worker_sha256
-    scheduler        = var.scheduler_address
-    token_file       = local.token_file
+    release_url       = var.release_url
+    release_version   = var.release_version
+    sha256sums_sha256 = var.release_sha256sums_sha256
+    bootstrap_url     = var.bootstrap_url
+    bootstrap_sha256  = var.bootstrap_sha256
+    bootstrap_path    = "/usr/local/sbin/buildfleet-bootstrap"
+    worker_url        = var.worker_url
+    worker_sha256     = var.worker_sha256
+    scheduler         = var.scheduler_address
+    token_file        = local.token_file
     token_command = var.auth_token_secret == "" ? "" : join(" ", [
       "gcloud secrets versions access latest --project=${var.project}",
       "--secret=${var.auth_token_secret}",
@@ -100,6 +108,10 @@ resource "google_compute_instance_template" "workers" {
 
   lifecycle {
     create_before_destroy = true
+    precondition {
+      condition     = local.source_given
+      error_message = local.source_error
+    }
   }
 }
 

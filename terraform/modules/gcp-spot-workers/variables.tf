@@ -100,30 +100,60 @@ variable "queue_depth_metric" {
   default = null
 }
 
-variable "bootstrap_url" {
-  description = "https:// URL of the bootstrap binary downloaded by the startup script."
+variable "release_version" {
+  description = "buildfleet release the workers install, e.g. \"v0.1.0\": the startup script fetches RELEASE_URL/VERSION/SHA256SUMS, checks it against release_sha256sums_sha256, and installs the bootstrapper and the worker of the instance's architecture listed in it. Empty: use bootstrap_url and worker_url with their sha256 instead."
   type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^([A-Za-z0-9][A-Za-z0-9._+-]*)?$", var.release_version))
+    error_message = "release_version must be a plain version such as v0.1.0."
+  }
+}
+
+variable "release_sha256sums_sha256" {
+  description = "sha256 of the release's SHA256SUMS file (64 hex digits): one pin for every file and architecture of the release. Required with release_version."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.release_sha256sums_sha256 == "" || can(regex("^[0-9a-f]{64}$", var.release_sha256sums_sha256))
+    error_message = "release_sha256sums_sha256 must be 64 lowercase hex digits."
+  }
+}
+
+variable "release_url" {
+  description = "https:// base URL of buildfleet releases; release VERSION's files are under RELEASE_URL/VERSION/ (GitHub's layout; a mirror keeps it)."
+  type        = string
+  default     = "https://github.com/buildfleet/buildfleet/releases/download"
+}
+
+variable "bootstrap_url" {
+  description = "https:// URL of the bootstrap binary downloaded by the startup script (without release_version)."
+  type        = string
+  default     = ""
 }
 
 variable "bootstrap_sha256" {
   description = "sha256 of the bootstrap binary (64 hex digits); the startup script refuses any other file."
   type        = string
+  default     = ""
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.bootstrap_sha256))
+    condition     = var.bootstrap_sha256 == "" || can(regex("^[0-9a-f]{64}$", var.bootstrap_sha256))
     error_message = "bootstrap_sha256 must be 64 lowercase hex digits."
   }
 }
 
 variable "worker_url" {
-  description = "https://, gs:// or s3:// URL of the worker binary, fetched by the bootstrapper."
+  description = "https://, gs:// or s3:// URL of the worker binary, fetched by the bootstrapper (without release_version)."
   type        = string
+  default     = ""
 }
 
 variable "worker_sha256" {
   description = "sha256 of the worker binary (64 hex digits)."
   type        = string
+  default     = ""
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.worker_sha256))
+    condition     = var.worker_sha256 == "" || can(regex("^[0-9a-f]{64}$", var.worker_sha256))
     error_message = "worker_sha256 must be 64 lowercase hex digits."
   }
 }
