@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -33,6 +34,9 @@ type adoptionState struct {
 	// adopted execution finished joins it instead of running the action again (see
 	// adoptedLocked).
 	ops map[actionKey]*operation
+	// epoch starts the uuid of every lease id this scheduler hands out (newLeaseID): those are
+	// never adopted.
+	epoch string
 }
 
 // adoptable is an operation rebuilt for a reported lease, not yet adopted.
@@ -61,7 +65,7 @@ func (s *Scheduler) prepareAdoption(ctx context.Context, reported []*rwpb.Lease)
 		if rl.State == rwpb.LeaseState_CANCELLED {
 			continue
 		}
-		if n, err := parseLeaseID(rl.Id); err == nil {
+		if n, err := parseLeaseID(rl.Id); err == nil && !strings.HasPrefix(n.id, s.adopt.epoch) {
 			todos = append(todos, todo{rl.Id, n})
 		}
 	}

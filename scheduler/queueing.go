@@ -73,7 +73,7 @@ func (s *Scheduler) assignLocked(b *botSession) bool {
 // leaseLocked hands op to bot b as a new PENDING lease.
 func (s *Scheduler) leaseLocked(op *operation, b *botSession) {
 	now := s.clk.Now()
-	l := &lease{id: newLeaseID(op.instance, op.action), op: op, session: b, assignedAt: now}
+	l := &lease{id: newLeaseID(s.adopt.epoch, op.instance, op.action), op: op, session: b, assignedAt: now}
 	s.addLeaseLocked(b, l)
 	s.leases[l.id] = l
 	op.leaseIDs = append(op.leaseIDs, l.id)

@@ -88,7 +88,7 @@ func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Cl
 		byBot:    map[string]*botSession{},
 		gone:     map[string]*botSession{},
 		leases:   map[string]*lease{},
-		adopt:    adoptionState{windowEnd: clk.Now().Add(cfg.AdoptionWindow)},
+		adopt:    adoptionState{windowEnd: clk.Now().Add(cfg.AdoptionWindow), epoch: newEpoch()},
 		done:     make(chan struct{}),
 	}
 }
