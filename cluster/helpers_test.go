@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/cluster"
@@ -82,6 +83,9 @@ type replica struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	// headers are the "x-test" metadata values of the streams the replica received, each
+	// suffixed "+forwarded" when the call came from another replica.
+	headers chan string
 }
 
 // startReplica starts a replica of etcd e serving s; cfg's AdvertiseAddress and Endpoints are
@@ -99,7 +103,20 @@ func startReplica(t testing.TB, e *clustertest.Etcd, s *shared, cfg cluster.Conf
 	cli := e.Client(t)
 	r.cli = cli
 	r.node = cluster.New(cfg, cli, newSched, clock.System, logger)
-	r.srv = grpc.NewServer()
+	r.headers = make(chan string, 100)
+	r.srv = grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		md, _ := metadata.FromIncomingContext(ss.Context())
+		for _, v := range md.Get("x-test") {
+			if len(md.Get("x-buildfleet-forwarded")) > 0 {
+				v += "+forwarded"
+			}
+			select {
+			case r.headers <- v:
+			default:
+			}
+		}
+		return h(srv, ss)
+	}))
 	storage.RegisterServices(r.srv, s.cas, s.ac, storage.ServiceOptions{ExecutionEnabled: true, Logger: logger})
 	r.node.Register(r.srv)
 	go r.srv.Serve(lis)

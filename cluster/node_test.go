@@ -51,6 +51,10 @@ func TestFollowerForwardsAndTakesOverWithoutRerunning(t *testing.T) {
 	if first.Name == "" {
 		t.Fatalf("first message %v", first)
 	}
+	// The client's metadata reached the leader with the call.
+	if got := <-a.headers; got != "kept+forwarded" {
+		t.Fatalf("leader received x-test %q, want the client's value, forwarded", got)
+	}
 	w := newBot(t, conn, "bot-1")
 	if len(w.leases) != 1 {
 		if _, err := w.update(time.Second, []*rwpb.Lease{}); err != nil || len(w.leases) != 1 {
