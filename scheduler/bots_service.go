@@ -312,6 +312,7 @@ func (s *Scheduler) startDrainLocked(b *botSession, d drainInfo, now time.Time) 
 	b.drainingSince = now
 	b.drain = d
 	s.m.drainNotices.WithLabelValues(d.label()).Inc()
+	s.act.drainStartedLocked(b, now)
 	ev := s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
 		Str("kind", d.kind).Str("reason", d.reason)
 	if !d.deadline.IsZero() {
@@ -331,6 +332,7 @@ func (s *Scheduler) updateDrainLocked(b *botSession, d drainInfo) {
 			Msg("Draining bot's deadline changed")
 	}
 	b.drain = d
+	s.act.drainUpdatedLocked(b)
 }
 
 // applyLeasesLocked applies the bot's lease reports. Results accepted are returned to be

@@ -71,6 +71,7 @@ func (s *Scheduler) acceptResultLocked(l *lease, result *repb.ActionResult, st *
 	s.m.leasesCompleted.Inc()
 	if l.session.workerState() == WorkerDraining {
 		s.m.drainFinished.Inc()
+		s.act.drainFinishedLocked(l.session)
 	}
 	s.log.Info().Str("action_digest", op.action.String()).Str("lease_id", l.id).Str("bot_id", l.session.botID).
 		Str("operation", op.name).Int32("exit_code", result.ExitCode).Str("status", codes.Code(st.GetCode()).String()).
@@ -147,6 +148,7 @@ func (s *Scheduler) publishLocked(op *operation, resp *repb.ExecuteResponse, err
 	}
 	op.notify()
 	s.m.actions.WithLabelValues(outcome).Inc()
+	s.act.finishedLocked(op, resp, outcome, s.clk.Now())
 	s.retainLocked(op)
 }
 

@@ -37,6 +37,7 @@ func (e *executionService) Execute(req *repb.ExecuteRequest, stream repb.Executi
 		skipCacheLookup: req.SkipCacheLookup,
 		priority:        req.GetExecutionPolicy().GetPriority(),
 		invocation:      invocationOf(ctx),
+		meta:            requestMetadataOf(ctx),
 	})
 	if err != nil {
 		return err
@@ -63,6 +64,7 @@ type admission struct {
 	skipCacheLookup bool
 	priority        int32
 	invocation      string
+	meta            *repb.RequestMetadata
 	// name is set when rebuilding a known name; empty for a fresh Execute.
 	name string
 }
@@ -154,6 +156,7 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		doNotCache: doNotCache,
 		priority:   a.priority,
 		invocation: a.invocation,
+		meta:       a.meta,
 		seq:        s.seq,
 		queuedAt:   s.clk.Now(),
 		changed:    make(chan struct{}),
@@ -224,6 +227,7 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 		instance: a.instance,
 		action:   a.action,
 		queuedAt: s.clk.Now(),
+		meta:     a.meta,
 		changed:  make(chan struct{}),
 		names:    []string{name},
 	}
@@ -257,7 +261,7 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 	}
 	// An operation forgotten after CompletedRetention (or lost in a restart) usually finished:
 	// its result in the action cache answers it without running the action again.
-	known := admission{instance: n.instance, action: n.action, invocation: invocationOf(ctx), name: name}
+	known := admission{instance: n.instance, action: n.action, invocation: invocationOf(ctx), meta: requestMetadataOf(ctx), name: name}
 	if op := s.cacheLookup(ctx, known); op != nil {
 		s.log.Info().Str("action_digest", n.action.String()).Str("operation", name).
 			Msg("Answered an unknown operation from the action cache")
@@ -268,6 +272,7 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 		action:          n.action,
 		skipCacheLookup: true,
 		invocation:      invocationOf(ctx),
+		meta:            requestMetadataOf(ctx),
 		name:            name,
 	})
 	if err != nil {

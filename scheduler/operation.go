@@ -23,6 +23,8 @@ type operation struct {
 	doNotCache bool
 	priority   int32
 	invocation string
+	// meta is the client's RequestMetadata (nil if it sent none), for status pages.
+	meta *repb.RequestMetadata
 	// seq is the arrival order, kept across requeues.
 	seq      uint64
 	queuedAt time.Time

@@ -101,6 +101,7 @@ func (s *Scheduler) requeueLocked(l *lease, reason string, counts bool, cause st
 	}
 	op.lease = nil
 	op.lastFailure = cause
+	s.act.leaseRequeuedLocked(l, reason, s.clk.Now())
 	ev := s.log.Warn().Str("action_digest", op.action.String()).Str("lease_id", l.id).Str("bot_id", l.session.botID).
 		Str("operation", op.name).Str("reason", reason).Str("cause", cause)
 	if counts {
@@ -132,6 +133,7 @@ func (s *Scheduler) revokeLocked(op *operation) {
 
 // closeSessionLocked ends a bot session, requeueing its leases for reason.
 func (s *Scheduler) closeSessionLocked(b *botSession, reason string) {
+	s.act.sessionClosingLocked(b, s.clk.Now())
 	for len(b.leases) > 0 {
 		l := b.leases[0]
 		s.requeueLocked(l, reason, true, fmt.Sprintf("bot %s (session %s) %s", b.botID, b.name, reasonText(reason)))

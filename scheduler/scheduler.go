@@ -34,6 +34,8 @@ type Scheduler struct {
 	clk clock.Clock
 	log zerolog.Logger
 	m   *metrics
+	// act is what the status pages show of past executions, builds and interruptions.
+	act *activity
 
 	mu sync.Mutex
 	// ops maps every operation name handed out (and rebuilt) to its operation.
@@ -81,6 +83,7 @@ func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Cl
 		clk:      clk,
 		log:      logger.With().Str("component", "scheduler").Logger(),
 		m:        newMetrics(reg),
+		act:      newActivity(),
 		ops:      map[string]*operation{},
 		inFlight: map[actionKey]*operation{},
 		queue:    newFairQueue(),

@@ -25,6 +25,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/auth"
 	"github.com/buildfleet/buildfleet/cluster"
+	"github.com/buildfleet/buildfleet/console"
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
@@ -58,7 +59,7 @@ func run(args []string) error {
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
-	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /workers and the web console /console/ (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
 	disconnectGrace := fs.Duration("disconnect-grace", scheduler.DefaultDisconnectGrace, "a worker whose connection ended (its process died) and that does not call again within this long loses its leases; they are requeued")
@@ -197,20 +198,13 @@ func run(args []string) error {
 	newSched := func() *scheduler.Scheduler { return scheduler.New(cfg, cas, ac, clock.System, logger, reg) }
 
 	srv := grpc.NewServer(opts...)
-	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
-		ExecutionEnabled:     true,
-		Logger:               logger,
-		ActionCacheWritable:  authz.MayWriteActionCache,
-		MaxBlobSizeBytes:     int64(maxBlob),
-		UploadIdleTimeout:    *uploadResume,
-		MaxParkedUploads:     *maxParked,
-		MaxParkedUploadBytes: int64(maxParkedSize),
-		UploadDir:            filepath.Join(*storageDir, "uploads"),
-	})
 	var (
 		sched   *scheduler.Scheduler
 		node    *cluster.Node
 		workers http.Handler
+		// clientAC is the action cache clients use: with one scheduler their hits are recorded
+		// for the console's builds and throughput (replicas have no console yet).
+		clientAC = ac
 	)
 	if haOn {
 		var etcd *clientv3.Client
@@ -224,7 +218,18 @@ func run(args []string) error {
 		sched = newSched()
 		sched.Register(srv)
 		workers = sched.WorkersHandler()
+		clientAC = sched.RecordingActionCache(ac)
 	}
+	storage.RegisterServices(srv, cas, clientAC, storage.ServiceOptions{
+		ExecutionEnabled:     true,
+		Logger:               logger,
+		ActionCacheWritable:  authz.MayWriteActionCache,
+		MaxBlobSizeBytes:     int64(maxBlob),
+		UploadIdleTimeout:    *uploadResume,
+		MaxParkedUploads:     *maxParked,
+		MaxParkedUploadBytes: int64(maxParkedSize),
+		UploadDir:            filepath.Join(*storageDir, "uploads"),
+	})
 
 	var ms *metrics.Server
 	if *metricsListen != "" {
@@ -233,6 +238,10 @@ func run(args []string) error {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 		ms.Handle("/workers", workers)
+		if sched != nil {
+			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, Logger: logger}))
+			ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
+		}
 		go func() {
 			if err := ms.Serve(); err != nil {
 				logger.Error().Err(err).Msg("metrics server failed")
