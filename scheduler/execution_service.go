@@ -93,6 +93,15 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 			return op, op.name, nil
 		}
 	}
+	// Right after a failover, the bots running in-flight actions report them first.
+	if waited, err := s.awaitAdoptionWindow(ctx, key); err != nil {
+		return nil, "", err
+	} else if waited {
+		// A bot's adopted result may have finished the action meanwhile.
+		if op := s.cacheLookup(ctx, a); op != nil {
+			return op, op.name, nil
+		}
+	}
 	checked, err := s.checkAction(ctx, a.action)
 	if err != nil {
 		return nil, "", err
@@ -113,6 +122,14 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		}
 	}
 	doNotCache := checked.action.DoNotCache
+	if op := s.adoptedLocked(key); op != nil && !doNotCache {
+		if a.name != "" {
+			s.ops[a.name] = op
+			op.names = append(op.names, a.name)
+			return op, a.name, nil
+		}
+		return op, s.joinLocked(op), nil
+	}
 	if !doNotCache {
 		if op := s.inFlight[key]; op != nil {
 			if a.name != "" {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 )
 
@@ -55,6 +54,9 @@ func (s *Scheduler) offerLocked(op *operation) {
 // assignLocked fills the bot's free capacity from the queue, in fair order. It reports whether
 // any lease was handed out.
 func (s *Scheduler) assignLocked(b *botSession) bool {
+	if s.closed {
+		return false // fenced: a closed scheduler (a leader that lost its term) hands out nothing
+	}
 	assigned := false
 	for b.acceptsWork() {
 		op := s.queue.popFor(b.canRun)
@@ -71,7 +73,7 @@ func (s *Scheduler) assignLocked(b *botSession) bool {
 // leaseLocked hands op to bot b as a new PENDING lease.
 func (s *Scheduler) leaseLocked(op *operation, b *botSession) {
 	now := s.clk.Now()
-	l := &lease{id: uuid.NewString(), op: op, session: b, assignedAt: now}
+	l := &lease{id: newLeaseID(s.adopt.epoch, op.instance, op.action), op: op, session: b, assignedAt: now}
 	s.addLeaseLocked(b, l)
 	s.leases[l.id] = l
 	op.leaseIDs = append(op.leaseIDs, l.id)

@@ -52,6 +52,7 @@ type Scheduler struct {
 	// leases maps the id of every lease of a remembered operation to the lease, current or not,
 	// so that a late result can still be matched.
 	leases map[string]*lease
+	adopt  adoptionState
 	// retained are the finished operations still answerable from memory, oldest first.
 	retained  []*operation
 	deadlines deadlineHeap
@@ -90,6 +91,7 @@ func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Cl
 		byBot:    map[string]*botSession{},
 		gone:     map[string]*botSession{},
 		leases:   map[string]*lease{},
+		adopt:    adoptionState{windowEnd: clk.Now().Add(cfg.AdoptionWindow), epoch: newEpoch()},
 		done:     make(chan struct{}),
 	}
 }
