@@ -53,6 +53,8 @@ bench:
 	$(BENCH) -bench 'NoopActions|TrueActions' -benchtime=2s ./worker/
 	@echo; echo "=== worker: RSS idle and busy vs a minimal Go process holding one idle gRPC connection ==="
 	$(BENCH) -bench 'WorkerRSS' -benchtime=1x ./worker/
+	@echo; echo "=== cluster: no-op Execute through a follower vs straight to the leader (real etcd) ==="
+	$(BENCH) -bench . -benchtime=2000x ./cluster/
 
 # Releases (goreleaser, see .goreleaser.yaml and the README's "Releases"): `make release` on a
 # commit tagged vX.Y.Z writes the release directory to dist/ (archives, raw binaries, .deb, .rpm,

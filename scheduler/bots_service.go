@@ -41,6 +41,7 @@ func (bs *botsService) CreateBotSession(ctx context.Context, req *rwpb.CreateBot
 	if req.Parent != "" {
 		name = req.Parent + "/" + name
 	}
+	s.prepareAdoption(ctx, in.Leases)
 	s.enter()
 	if s.closed {
 		s.leave()
@@ -86,6 +87,7 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 		return nil, status.FromContextError(err).Err()
 	}
 	hold := s.holdFor(ctx)
+	s.prepareAdoption(ctx, in.Leases)
 
 	s.enter()
 	b, err := s.sessionForUpdateLocked(in)
@@ -310,6 +312,7 @@ func (s *Scheduler) startDrainLocked(b *botSession, d drainInfo, now time.Time) 
 	b.drainingSince = now
 	b.drain = d
 	s.m.drainNotices.WithLabelValues(d.label()).Inc()
+	s.act.drainStartedLocked(b, now)
 	ev := s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
 		Str("kind", d.kind).Str("reason", d.reason)
 	if !d.deadline.IsZero() {
@@ -329,6 +332,7 @@ func (s *Scheduler) updateDrainLocked(b *botSession, d drainInfo) {
 			Msg("Draining bot's deadline changed")
 	}
 	b.drain = d
+	s.act.drainUpdatedLocked(b)
 }
 
 // applyLeasesLocked applies the bot's lease reports. Results accepted are returned to be
@@ -425,12 +429,15 @@ func (s *Scheduler) leaseCompletedLocked(b *botSession, l *lease, rl *rwpb.Lease
 }
 
 // strayLeaseLocked handles a report of a lease that is not one of the session's current
-// leases: a late result of a requeued lease can still win; a lease the bot still runs after
+// leases: a lease handed out before a failover is adopted (adoptLeaseLocked); a late result of a requeued lease can still win; a lease the bot still runs after
 // its session expired is re-attached if nobody else took the action meanwhile; anything else is
 // left out of the reply, which tells the bot to drop it.
 func (s *Scheduler) strayLeaseLocked(b *botSession, rl *rwpb.Lease) *completion {
 	l := s.leases[rl.Id]
 	if l == nil {
+		if c, ok := s.adoptLeaseLocked(b, rl); ok {
+			return c
+		}
 		s.log.Debug().Str("lease_id", rl.Id).Str("bot_id", b.botID).Msg("Bot reported an unknown lease; dropping it")
 		return nil
 	}

@@ -45,6 +45,11 @@ type Config struct {
 	// GoneWorkerRetention is how long a closed bot session stays in the worker view.
 	// Default 10 min.
 	GoneWorkerRetention time.Duration
+	// AdoptionWindow is how long after New no new operation is queued (Execute and rebuilt
+	// WaitExecution names wait), so that bots can report the leases they hold to a scheduler that
+	// just took over (a new leader) before a client's request makes an action run twice.
+	// Default 0 (none): a single process has nobody to take over from.
+	AdoptionWindow time.Duration
 }
 
 // Defaults of Config.

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // executionService is the REAPI Execution service of a Scheduler.
@@ -37,6 +38,7 @@ func (e *executionService) Execute(req *repb.ExecuteRequest, stream repb.Executi
 		skipCacheLookup: req.SkipCacheLookup,
 		priority:        req.GetExecutionPolicy().GetPriority(),
 		invocation:      invocationOf(ctx),
+		meta:            requestMetadataOf(ctx),
 	})
 	if err != nil {
 		return err
@@ -63,6 +65,7 @@ type admission struct {
 	skipCacheLookup bool
 	priority        int32
 	invocation      string
+	meta            *repb.RequestMetadata
 	// name is set when rebuilding a known name; empty for a fresh Execute.
 	name string
 }
@@ -90,6 +93,15 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 			return op, op.name, nil
 		}
 	}
+	// Right after a failover, the bots running in-flight actions report them first.
+	if waited, err := s.awaitAdoptionWindow(ctx, key); err != nil {
+		return nil, "", err
+	} else if waited {
+		// A bot's adopted result may have finished the action meanwhile.
+		if op := s.cacheLookup(ctx, a); op != nil {
+			return op, op.name, nil
+		}
+	}
 	checked, err := s.checkAction(ctx, a.action)
 	if err != nil {
 		return nil, "", err
@@ -110,6 +122,14 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		}
 	}
 	doNotCache := checked.action.DoNotCache
+	if op := s.adoptedLocked(key); op != nil && !doNotCache {
+		if a.name != "" {
+			s.ops[a.name] = op
+			op.names = append(op.names, a.name)
+			return op, a.name, nil
+		}
+		return op, s.joinLocked(op), nil
+	}
 	if !doNotCache {
 		if op := s.inFlight[key]; op != nil {
 			if a.name != "" {
@@ -137,6 +157,7 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		doNotCache: doNotCache,
 		priority:   a.priority,
 		invocation: a.invocation,
+		meta:       a.meta,
 		seq:        s.seq,
 		queuedAt:   s.clk.Now(),
 		changed:    make(chan struct{}),
@@ -162,36 +183,15 @@ func (s *Scheduler) joinLocked(op *operation) string {
 	return name
 }
 
-// cacheLookup returns a finished operation for an action cache hit whose outputs are all still
-// in the CAS, or nil.
+// cacheLookup returns a finished operation for an action cache hit, or nil. That the hit's
+// outputs are all still in the CAS is the action cache's to check: cmd/scheduler gives the
+// scheduler the completeness-checking one, so a hit costs one existence check.
 func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 	result, err := s.ac.Get(ctx, a.instance, a.action)
 	if err != nil {
 		if status.Code(err) != codes.NotFound {
 			s.log.Warn().Err(err).Str("action_digest", a.action.String()).Msg("Action cache lookup failed; executing")
 		}
-		return nil
-	}
-	var outputs []digest.Digest
-	add := func(p *repb.Digest) {
-		if p == nil {
-			return
-		}
-		if d, err := digest.FromProto(p); err == nil {
-			outputs = append(outputs, d)
-		}
-	}
-	for _, f := range result.OutputFiles {
-		add(f.Digest)
-	}
-	for _, dir := range result.OutputDirectories {
-		add(dir.TreeDigest)
-	}
-	add(result.StdoutDigest)
-	add(result.StderrDigest)
-	if missing, err := s.cas.FindMissing(ctx, outputs); err != nil || len(missing) > 0 {
-		s.log.Info().Str("action_digest", a.action.String()).Int("missing_outputs", len(missing)).
-			Msg("Action cache hit with outputs missing from the CAS; executing")
 		return nil
 	}
 	s.enter()
@@ -207,11 +207,12 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 		instance: a.instance,
 		action:   a.action,
 		queuedAt: s.clk.Now(),
+		meta:     a.meta,
 		changed:  make(chan struct{}),
 		names:    []string{name},
 	}
 	s.ops[name] = op
-	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, nil, "cached")
+	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, "cached")
 	return op
 }
 
@@ -233,14 +234,14 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 	}
 	missing, err := s.cas.FindMissing(ctx, []digest.Digest{n.action})
 	if err != nil {
-		return nil, wrapStatus(err, "Failed to look up action "+n.action.String())
+		return nil, rpcstatus.Wrap(err, "Failed to look up action %s", n.action)
 	}
 	if len(missing) > 0 {
 		return nil, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)
 	}
 	// An operation forgotten after CompletedRetention (or lost in a restart) usually finished:
 	// its result in the action cache answers it without running the action again.
-	known := admission{instance: n.instance, action: n.action, invocation: invocationOf(ctx), name: name}
+	known := admission{instance: n.instance, action: n.action, invocation: invocationOf(ctx), meta: requestMetadataOf(ctx), name: name}
 	if op := s.cacheLookup(ctx, known); op != nil {
 		s.log.Info().Str("action_digest", n.action.String()).Str("operation", name).
 			Msg("Answered an unknown operation from the action cache")
@@ -251,6 +252,7 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 		action:          n.action,
 		skipCacheLookup: true,
 		invocation:      invocationOf(ctx),
+		meta:            requestMetadataOf(ctx),
 		name:            name,
 	})
 	if err != nil {

@@ -20,6 +20,7 @@ type metrics struct {
 	queueDepth      *prometheus.GaugeVec
 	workers         *prometheus.GaugeVec
 	leasesHanded    prometheus.Counter
+	leasesAdopted   prometheus.Counter
 	leasesCompleted prometheus.Counter
 	leasesRequeued  *prometheus.CounterVec
 	actions         *prometheus.CounterVec
@@ -50,6 +51,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		leasesHanded: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_handed_out_total",
 			Help: "Leases handed out to bots.",
+		}),
+		leasesAdopted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_adopted_total",
+			Help: "Leases a bot reported that this scheduler never handed out (a failover or restart), adopted instead of run again.",
 		}),
 		leasesCompleted: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_completed_total",
@@ -82,6 +87,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.queueDepth = register(reg, m.queueDepth)
 	m.workers = register(reg, m.workers)
 	m.leasesHanded = register(reg, m.leasesHanded)
+	m.leasesAdopted = register(reg, m.leasesAdopted)
 	m.leasesCompleted = register(reg, m.leasesCompleted)
 	m.leasesRequeued = register(reg, m.leasesRequeued)
 	m.actions = register(reg, m.actions)

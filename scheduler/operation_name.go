@@ -27,8 +27,11 @@ func newOperationName(instance string, d digest.Digest) operationName {
 }
 
 // String formats the name.
-func (n operationName) String() string {
-	s := "operations/" + n.id + "/" + n.action.Hash + "-" + strconv.FormatInt(n.action.Size, 10)
+func (n operationName) String() string { return n.format("operations") }
+
+// format renders the name with collection ("operations", "leases") as its third-last component.
+func (n operationName) format(collection string) string {
+	s := collection + "/" + n.id + "/" + n.action.Hash + "-" + strconv.FormatInt(n.action.Size, 10)
 	if n.instance == "" {
 		return s
 	}
@@ -37,12 +40,18 @@ func (n operationName) String() string {
 
 // parseOperationName parses a name made by String. Anything else is INVALID_ARGUMENT.
 func parseOperationName(name string) (operationName, error) {
+	return parseCollectionName(name, "operation", "operations")
+}
+
+// parseCollectionName parses "[INSTANCE/]{collection}/UUID/HASH-SIZE"; what names the kind of
+// name in errors. Anything else is INVALID_ARGUMENT.
+func parseCollectionName(name, what, collection string) (operationName, error) {
 	bad := func(why string) (operationName, error) {
-		return operationName{}, status.Errorf(codes.InvalidArgument, "Invalid operation name %q: %s", name, why)
+		return operationName{}, status.Errorf(codes.InvalidArgument, "Invalid %s name %q: %s", what, name, why)
 	}
 	parts := strings.Split(name, "/")
-	if len(parts) < 3 || parts[len(parts)-3] != "operations" {
-		return bad("want [INSTANCE/]operations/ID/HASH-SIZE")
+	if len(parts) < 3 || parts[len(parts)-3] != collection {
+		return bad("want [INSTANCE/]" + collection + "/ID/HASH-SIZE")
 	}
 	instance := strings.Join(parts[:len(parts)-3], "/")
 	if err := digest.CheckInstanceName(instance); err != nil {

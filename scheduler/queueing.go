@@ -6,7 +6,6 @@ import (
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 )
 
@@ -55,6 +54,9 @@ func (s *Scheduler) offerLocked(op *operation) {
 // assignLocked fills the bot's free capacity from the queue, in fair order. It reports whether
 // any lease was handed out.
 func (s *Scheduler) assignLocked(b *botSession) bool {
+	if s.closed {
+		return false // fenced: a closed scheduler (a leader that lost its term) hands out nothing
+	}
 	assigned := false
 	for b.acceptsWork() {
 		op := s.queue.popFor(b.canRun)
@@ -71,7 +73,7 @@ func (s *Scheduler) assignLocked(b *botSession) bool {
 // leaseLocked hands op to bot b as a new PENDING lease.
 func (s *Scheduler) leaseLocked(op *operation, b *botSession) {
 	now := s.clk.Now()
-	l := &lease{id: uuid.NewString(), op: op, session: b, assignedAt: now}
+	l := &lease{id: newLeaseID(s.adopt.epoch, op.instance, op.action), op: op, session: b, assignedAt: now}
 	s.addLeaseLocked(b, l)
 	s.leases[l.id] = l
 	op.leaseIDs = append(op.leaseIDs, l.id)
@@ -99,6 +101,7 @@ func (s *Scheduler) requeueLocked(l *lease, reason string, counts bool, cause st
 	}
 	op.lease = nil
 	op.lastFailure = cause
+	s.act.leaseRequeuedLocked(l, reason, s.clk.Now())
 	ev := s.log.Warn().Str("action_digest", op.action.String()).Str("lease_id", l.id).Str("bot_id", l.session.botID).
 		Str("operation", op.name).Str("reason", reason).Str("cause", cause)
 	if counts {
@@ -130,6 +133,7 @@ func (s *Scheduler) revokeLocked(op *operation) {
 
 // closeSessionLocked ends a bot session, requeueing its leases for reason.
 func (s *Scheduler) closeSessionLocked(b *botSession, reason string) {
+	s.act.sessionClosingLocked(b, s.clk.Now())
 	for len(b.leases) > 0 {
 		l := b.leases[0]
 		s.requeueLocked(l, reason, true, fmt.Sprintf("bot %s (session %s) %s", b.botID, b.name, reasonText(reason)))

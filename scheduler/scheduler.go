@@ -34,6 +34,8 @@ type Scheduler struct {
 	clk clock.Clock
 	log zerolog.Logger
 	m   *metrics
+	// act is what the status pages show of past executions, builds and interruptions.
+	act *activity
 
 	mu sync.Mutex
 	// ops maps every operation name handed out (and rebuilt) to its operation.
@@ -50,6 +52,7 @@ type Scheduler struct {
 	// leases maps the id of every lease of a remembered operation to the lease, current or not,
 	// so that a late result can still be matched.
 	leases map[string]*lease
+	adopt  adoptionState
 	// retained are the finished operations still answerable from memory, oldest first.
 	retained  []*operation
 	deadlines deadlineHeap
@@ -80,6 +83,7 @@ func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Cl
 		clk:      clk,
 		log:      logger.With().Str("component", "scheduler").Logger(),
 		m:        newMetrics(reg),
+		act:      newActivity(),
 		ops:      map[string]*operation{},
 		inFlight: map[actionKey]*operation{},
 		queue:    newFairQueue(),
@@ -87,6 +91,7 @@ func New(cfg Config, cas storage.BlobStore, ac storage.ActionCache, clk clock.Cl
 		byBot:    map[string]*botSession{},
 		gone:     map[string]*botSession{},
 		leases:   map[string]*lease{},
+		adopt:    adoptionState{windowEnd: clk.Now().Add(cfg.AdoptionWindow), epoch: newEpoch()},
 		done:     make(chan struct{}),
 	}
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install-test-deps.sh installs everything the test suite needs, idempotently:
-# Debian packages (Bazel 4.2.3 and the netty-tcnative it needs for TLS, protoc),
+# Debian packages (Bazel 4.2.3 and the netty-tcnative it needs for TLS, protoc, Chromium, etcd,
+# HAProxy),
 # Bazel 2.1.0 from npm, Go tools (protoc plugins, ec2-metadata-mock, versitygw,
 # fake-gcs-server), and goreleaser (scripts/install-release-deps.sh).
 # Re-running it when everything is present does nothing but check.
@@ -13,9 +14,16 @@ need_apt=()
 command -v bazel >/dev/null 2>&1 || need_apt+=(bazel-bootstrap)
 command -v protoc >/dev/null 2>&1 || need_apt+=(protobuf-compiler)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
+# Headless Chromium for the console's browser test (e2e/console_test.go, driven by chromedp).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 # netty-tcnative's JNI library: Debian's Bazel 4.2.3 needs it to open grpcs:// connections
 # (its bundled Netty has no JDK ALPN support; see e2e/security_tcnative_test.go).
 compgen -G '/usr/lib/*/jni/libnetty-tcnative.so' >/dev/null || need_apt+=(libnetty-tcnative-jni)
+# etcd elects the leader of scheduler replicas (cluster/ tests, e2e failover); HAProxy is the one
+# address in front of them in the e2e tests. Tests start both on 127.0.0.1 and stop them by PID.
+command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-test-deps: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

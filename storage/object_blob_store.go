@@ -15,6 +15,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // Defaults of ObjectBlobStoreOptions.
@@ -171,7 +172,7 @@ func (s *ObjectBlobStore) readError(err error, d digest.Digest) error {
 		s.cache.remove(d)
 		return status.Errorf(codes.NotFound, "Blob %s not found", d)
 	}
-	return wrapError(err, codes.Unavailable, "Failed to read blob %s", d)
+	return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to read blob %s", d)
 }
 
 // discardCorrupt logs that the object of d does not hold d's content, deletes it so that the
@@ -212,7 +213,7 @@ func (s *ObjectBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) (
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, wrapError(err, codes.Unavailable, "Failed to find missing blobs")
+		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to find missing blobs")
 	}
 	var out []digest.Digest
 	for i, d := range ds {
@@ -287,7 +288,7 @@ func (s *ObjectBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader)
 		return nil
 	}
 	if present, err := s.exists(ctx, d); err != nil {
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s", d)
 	} else if present {
 		return nil
 	}
@@ -311,7 +312,7 @@ func (s *ObjectBlobStore) upload(ctx context.Context, d digest.Digest, r io.Read
 		}
 		created, err := s.bucket.Create(ctx, blobKey(d), r, d.Size)
 		if err != nil {
-			return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
+			return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s", d)
 		}
 		now := s.opts.Clock.Now()
 		if created {
@@ -329,7 +330,7 @@ func (s *ObjectBlobStore) upload(ctx context.Context, d digest.Digest, r io.Read
 		case status.Code(err) == codes.NotFound:
 			// Deleted since the put was refused; put again.
 		case err != nil:
-			return wrapError(err, codes.Unavailable, "Failed to store blob %s: checking the object already there", d)
+			return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s: checking the object already there", d)
 		default:
 			s.discardCorrupt(ctx, d, status.Errorf(codes.DataLoss, "object has %d bytes, the digest says %d", info.Size, d.Size))
 		}
@@ -362,7 +363,7 @@ func spoolVerified(ctx context.Context, dir string, d digest.Digest, r io.Reader
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
 		}
-		return nil, wrapError(err, codes.Internal, "Failed to store blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to store blob %s", d)
 	}
 	return f, nil
 }
@@ -372,5 +373,5 @@ func spoolVerified(ctx context.Context, dir string, d digest.Digest, r io.Reader
 // UNAUTHENTICATED for refused or absent credentials, UNAVAILABLE when the object store cannot
 // be reached.
 func (s *ObjectBlobStore) Probe(ctx context.Context) error {
-	return wrapError(s.bucket.Probe(ctx), codes.Unavailable, "Failed to probe object store %s", s.bucket)
+	return rpcstatus.WrapCode(s.bucket.Probe(ctx), codes.Unavailable, "Failed to probe object store %s", s.bucket)
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // TieredBlobStore is a BlobStore in an object store (ObjectBlobStore, the copy that outlives
@@ -93,7 +94,7 @@ func (t *TieredBlobStore) fill(ctx context.Context, d digest.Digest) error {
 			return nil, t.remote.discardCorrupt(fctx, d, err)
 		}
 		if err != nil {
-			return nil, wrapError(err, codes.Unavailable, "Failed to fetch blob %s from the object store", d)
+			return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to fetch blob %s from the object store", d)
 		}
 		t.remote.metrics.fills.Inc()
 		t.remote.metrics.fillBytes.Add(float64(d.Size))
@@ -157,7 +158,7 @@ func (t *TieredBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader)
 		// Not in the bucket: the local tier must not serve it either (reads and
 		// FindMissing agree). The client retries the write.
 		t.local.drop(d)
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s", d)
 	}
 	return nil
 }

@@ -1,7 +1,9 @@
 // Command scheduler runs the buildfleet scheduler: the REAPI services (Execution, ActionCache,
 // CAS, ByteStream, Capabilities) for Pants and Bazel, and the Remote Workers API for workers,
 // on one gRPC port, with embedded disk storage or, with --object-store, an S3 or GCS bucket
-// behind the disk as a local tier.
+// behind the disk as a local tier. With --ha=etcd it is one of several replicas: etcd elects the
+// leader that runs the scheduler, and the others forward Execution, Operations and Bots calls
+// to it (package cluster).
 package main
 
 import (
@@ -9,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,13 +19,17 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/buildfleet/buildfleet/auth"
+	"github.com/buildfleet/buildfleet/cluster"
+	"github.com/buildfleet/buildfleet/console"
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 	"github.com/buildfleet/buildfleet/internal/metrics"
 	"github.com/buildfleet/buildfleet/internal/version"
 	"github.com/buildfleet/buildfleet/scheduler"
@@ -53,8 +60,9 @@ func run(args []string) error {
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage ($XDG_DATA_HOME/buildfleet when XDG_DATA_HOME is set, else ./buildfleet-data)")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
-	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics and /healthz (empty: off)")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /workers and the web console /console/ (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
 	disconnectGrace := fs.Duration("disconnect-grace", scheduler.DefaultDisconnectGrace, "a worker whose connection ended (its process died) and that does not call again within this long loses its leases; they are requeued")
 	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
@@ -77,6 +85,7 @@ func run(args []string) error {
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
+	ha := registerHAFlags(fs)
 	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, "BUILDFLEET")
 	if err := flagenv.Parse(fs, "BUILDFLEET", args, nil); err != nil {
@@ -95,11 +104,28 @@ func run(args []string) error {
 	if maxBlob < 0 {
 		return fmt.Errorf("--max-blob-size=%s: must not be negative", maxBlob)
 	}
+	haOn, err := ha.enabled()
+	if err != nil {
+		return err
+	}
+	var clusterCfg cluster.Config
+	if haOn {
+		if clusterCfg, err = ha.config(); err != nil {
+			return err
+		}
+		if *objectStore.url == "" {
+			return errors.New("--ha=etcd needs --object-store: every replica serves the CAS and action cache from the shared bucket")
+		}
+	}
 	level, err := zerolog.ParseLevel(*logLevel)
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
 	}
-	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
+	logOut, err := logformat.Writer(os.Stderr, *logFormat)
+	if err != nil {
+		return err
+	}
+	logger := zerolog.New(logOut).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
 	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
@@ -155,6 +181,9 @@ func run(args []string) error {
 			return err
 		}
 		opts = append(opts, grpc.Creds(creds))
+		if haOn {
+			return errors.New("--ha=etcd does not support --tls-cert yet: replicas forward to each other in plaintext")
+		}
 	} else if *tlsClientCA != "" {
 		return errors.New("--tls-client-ca needs --tls-cert and --tls-key")
 	}
@@ -169,10 +198,35 @@ func run(args []string) error {
 		DisconnectGrace:        *disconnectGrace,
 		MaxCompletedOperations: *maxOps,
 	}
-	sched := scheduler.New(cfg, cas, ac, clock.System, logger, reg)
+	if haOn {
+		cfg.AdoptionWindow = *ha.adoptionWindow
+	}
+	newSched := func() *scheduler.Scheduler { return scheduler.New(cfg, cas, ac, clock.System, logger, reg) }
 
 	srv := grpc.NewServer(opts...)
-	storage.RegisterServices(srv, cas, ac, storage.ServiceOptions{
+	var (
+		sched   *scheduler.Scheduler
+		node    *cluster.Node
+		workers http.Handler
+		// clientAC is the action cache clients use: with one scheduler their hits are recorded
+		// for the console's builds and throughput (replicas have no console yet).
+		clientAC = ac
+	)
+	if haOn {
+		var etcd *clientv3.Client
+		if node, etcd, err = startCluster(clusterCfg, newSched, logger); err != nil {
+			return err
+		}
+		defer etcd.Close()
+		node.Register(srv)
+		workers = node.WorkersHandler()
+	} else {
+		sched = newSched()
+		sched.Register(srv)
+		workers = sched.WorkersHandler()
+		clientAC = sched.RecordingActionCache(ac)
+	}
+	storage.RegisterServices(srv, cas, clientAC, storage.ServiceOptions{
 		ExecutionEnabled:     true,
 		Logger:               logger,
 		ActionCacheWritable:  authz.MayWriteActionCache,
@@ -182,7 +236,6 @@ func run(args []string) error {
 		MaxParkedUploadBytes: int64(maxParkedSize),
 		UploadDir:            filepath.Join(*storageDir, "uploads"),
 	})
-	sched.Register(srv)
 
 	var ms *metrics.Server
 	if *metricsListen != "" {
@@ -190,7 +243,11 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
-		ms.Handle("/workers", sched.WorkersHandler())
+		ms.Handle("/workers", workers)
+		if sched != nil {
+			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, Logger: logger}))
+			ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
+		}
 		go func() {
 			if err := ms.Serve(); err != nil {
 				logger.Error().Err(err).Msg("metrics server failed")
@@ -205,6 +262,14 @@ func run(args []string) error {
 	go authz.WatchSignals(ctx, hup)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
+	nodeDone := make(chan struct{})
+	if node != nil {
+		go func() { _ = node.Run(ctx); close(nodeDone) }()
+		logger.Info().Str("advertise", clusterCfg.AdvertiseAddress).Strs("etcd_endpoints", clusterCfg.Endpoints).
+			Msg("scheduler replica campaigning for leadership in etcd")
+	} else {
+		close(nodeDone)
+	}
 	logger.Info().Str("listen", lis.Addr().String()).Bool("socket_activated", activated).Str("storage_dir", *storageDir).
 		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
 	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled())
@@ -219,7 +284,10 @@ func run(args []string) error {
 	go func() { srv.GracefulStop(); close(done) }()
 	// Held long-polls and Execute streams end now: workers keep their results and report them
 	// to the next scheduler, clients call WaitExecution on it. Uploads and reads finish.
-	sched.Close()
+	if sched != nil {
+		sched.Close()
+	}
+	<-nodeDone // the replica resigned: the next leader takes over at once
 	grace := time.After(*shutdownGrace)
 	// Calls whose streams the server had received before it stopped taking new ones reach
 	// their handlers (and are counted) within the settle time; only then is the count trusted.

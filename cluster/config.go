@@ -1,0 +1,81 @@
+// Package cluster runs buildfleet's scheduler as one of several replicas behind one address.
+// etcd elects a leader (go.etcd.io/etcd/client/v3/concurrency); the leader runs the in-memory
+// scheduler, and every replica serves the Execution, longrunning Operations and Bots services
+// by forwarding each call to it: locally on the leader, over gRPC to the leader's advertise
+// address elsewhere. While no leader is known (a failover) calls are held, not failed, and a
+// call whose leader goes away mid-stream is resumed on the next one (an Execute stream
+// continues as a WaitExecution on its operation name).
+//
+// Fencing: the leader renews its etcd lease itself and stops handing out leases (its scheduler
+// is closed) once a renewal sent at time t is not confirmed by t + TTL - margin, before etcd can
+// let another replica win; two replicas never both hand out leases.
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config holds a replica's cluster settings.
+type Config struct {
+	// Endpoints are the etcd client URLs (http://host:2379).
+	Endpoints []string
+	// AdvertiseAddress is the host:port the other replicas reach this replica's gRPC port at;
+	// it is the value the leader writes to etcd.
+	AdvertiseAddress string
+	// Prefix is the etcd key prefix of the election. Default "/buildfleet/scheduler/leader".
+	Prefix string
+	// SessionTTL is the etcd lease TTL of the replica's session: a leader that dies is replaced
+	// about this long after. Default 3 s.
+	SessionTTL time.Duration
+	// HoldTimeout bounds how long a call is held while no leader is known (or the known one
+	// does not answer) before it fails with UNAVAILABLE. Default 20 s.
+	HoldTimeout time.Duration
+	// RetryInterval is the pause between two attempts to reach a leader that did not answer.
+	// Default 100 ms.
+	RetryInterval time.Duration
+}
+
+// Defaults of Config.
+const (
+	DefaultPrefix        = "/buildfleet/scheduler/leader"
+	DefaultSessionTTL    = 3 * time.Second
+	DefaultHoldTimeout   = 20 * time.Second
+	DefaultRetryInterval = 100 * time.Millisecond
+)
+
+// withDefaults returns c with unset fields set to their defaults.
+func (c Config) withDefaults() Config {
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.SessionTTL <= 0 {
+		c.SessionTTL = DefaultSessionTTL
+	}
+	if c.HoldTimeout <= 0 {
+		c.HoldTimeout = DefaultHoldTimeout
+	}
+	if c.RetryInterval <= 0 {
+		c.RetryInterval = DefaultRetryInterval
+	}
+	return c
+}
+
+// Validate reports a missing or malformed setting.
+func (c Config) Validate() error {
+	if len(c.Endpoints) == 0 {
+		return errors.New("no etcd endpoints")
+	}
+	if c.AdvertiseAddress == "" || !strings.Contains(c.AdvertiseAddress, ":") {
+		return fmt.Errorf("advertise address %q: want host:port the other replicas can reach", c.AdvertiseAddress)
+	}
+	if c.SessionTTL != 0 && c.SessionTTL < 2*time.Second {
+		return fmt.Errorf("session TTL %s: must be at least 2s (etcd's smallest lease TTL)", c.SessionTTL)
+	}
+	if c.SessionTTL%time.Second != 0 {
+		return fmt.Errorf("session TTL %s: must be whole seconds", c.SessionTTL)
+	}
+	return nil
+}

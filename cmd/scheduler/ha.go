@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/buildfleet/buildfleet/cluster"
+	"github.com/buildfleet/buildfleet/internal/clock"
+	"github.com/buildfleet/buildfleet/scheduler"
+)
+
+// haFlags are the flags that run the scheduler as one of several replicas with an etcd-elected
+// leader.
+type haFlags struct {
+	mode           *string
+	endpoints      *string
+	advertise      *string
+	sessionTTL     *time.Duration
+	holdTimeout    *time.Duration
+	adoptionWindow *time.Duration
+}
+
+func registerHAFlags(fs *flag.FlagSet) *haFlags {
+	return &haFlags{
+		mode:           fs.String("ha", "", "high availability: \"etcd\" runs this scheduler as one of several replicas whose leader etcd elects (needs --object-store, --etcd-endpoints, --advertise-address); empty: one process"),
+		endpoints:      fs.String("etcd-endpoints", "", "comma-separated etcd client URLs for --ha=etcd, e.g. http://etcd:2379"),
+		advertise:      fs.String("advertise-address", "", "host:port at which the other replicas reach this one's --listen port (--ha=etcd)"),
+		sessionTTL:     fs.Duration("etcd-session-ttl", cluster.DefaultSessionTTL, "etcd session TTL (whole seconds, at least 2s): a dead leader is replaced about this long after"),
+		holdTimeout:    fs.Duration("ha-hold-timeout", cluster.DefaultHoldTimeout, "how long a replica holds a call while no leader is known before it fails with UNAVAILABLE"),
+		adoptionWindow: fs.Duration("adoption-window", 3*time.Second, "after a failover, how long the new leader waits for bots to report the leases they hold before it queues actions again (--ha=etcd)"),
+	}
+}
+
+// enabled reports whether --ha=etcd was given; any other non-empty value is an error.
+func (f *haFlags) enabled() (bool, error) {
+	switch *f.mode {
+	case "":
+		if *f.endpoints != "" || *f.advertise != "" {
+			return false, errors.New("--etcd-endpoints and --advertise-address need --ha=etcd")
+		}
+		return false, nil
+	case "etcd":
+		return true, nil
+	default:
+		return false, fmt.Errorf("--ha=%s: want \"etcd\" or nothing", *f.mode)
+	}
+}
+
+// config returns the cluster settings of the flags, checked.
+func (f *haFlags) config() (cluster.Config, error) {
+	var eps []string
+	for _, e := range strings.Split(*f.endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	cfg := cluster.Config{
+		Endpoints:        eps,
+		AdvertiseAddress: *f.advertise,
+		SessionTTL:       *f.sessionTTL,
+		HoldTimeout:      *f.holdTimeout,
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("--ha=etcd: %w", err)
+	}
+	return cfg, nil
+}
+
+// startCluster connects to etcd and returns the replica, not yet running, and the etcd client
+// to close after it.
+func startCluster(cfg cluster.Config, newSched func() *scheduler.Scheduler, logger zerolog.Logger) (*cluster.Node, *clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("--etcd-endpoints: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Get(ctx, "/buildfleet/probe"); err != nil {
+		logger.Warn().Err(err).Strs("etcd_endpoints", cfg.Endpoints).Msg("etcd does not answer yet; this replica serves CAS and holds scheduler calls until it does")
+	}
+	return cluster.New(cfg, cli, newSched, clock.System, logger), cli, nil
+}

@@ -1,0 +1,222 @@
+// Package clustertest starts the real engines the scheduler replica tests need, on 127.0.0.1
+// and free ports: etcd (Debian's etcd-server, data in a temporary directory) and HAProxy (TCP
+// mode, in the foreground, configuration in a temporary directory). Both are installed by
+// scripts/install-test-deps.sh. Every process is stopped by the test that started it, by PID.
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Process is an engine process started by a test.
+type Process struct {
+	t    testing.TB
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+// start runs bin with args, output to logPath, in a process group of its own.
+func start(t testing.TB, name, bin, logPath string, args ...string) *Process {
+	t.Helper()
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	p := &Process{t: t, name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// Log returns what the process wrote so far.
+func (p *Process) Log() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+// Stop stops the process by its PID (SIGCONT in case it was paused, SIGTERM, then SIGKILL after
+// 5 s) and waits for it. Stopping a stopped process does nothing.
+func (p *Process) Stop() {
+	if p.cmd == nil {
+		return
+	}
+	pid := p.cmd.Process.Pid
+	select {
+	case <-p.done:
+	default:
+		syscall.Kill(pid, syscall.SIGCONT)
+		syscall.Kill(pid, syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			syscall.Kill(-pid, syscall.SIGKILL)
+			<-p.done
+		}
+	}
+	p.cmd = nil
+}
+
+// Pause freezes the process (SIGSTOP).
+func (p *Process) Pause() { syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP) }
+
+// Resume lets a paused process go on (SIGCONT).
+func (p *Process) Resume() { syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT) }
+
+// FreeAddr returns a free 127.0.0.1:PORT.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// lookPath finds a Debian-installed engine, failing the test (skipping a benchmark) if it is
+// missing.
+func lookPath(t testing.TB, name string) string {
+	t.Helper()
+	for _, p := range []string{name, "/usr/sbin/" + name, "/usr/bin/" + name} {
+		if q, err := exec.LookPath(p); err == nil {
+			return q
+		}
+	}
+	msg := fmt.Sprintf("%s is not installed (run scripts/install-test-deps.sh)", name)
+	if _, ok := t.(*testing.B); ok {
+		t.Skip(msg)
+	}
+	t.Fatal(msg)
+	return ""
+}
+
+// Etcd is a one-member etcd started by a test.
+type Etcd struct {
+	*Process
+	// Endpoint is the client URL, http://127.0.0.1:PORT.
+	Endpoint string
+}
+
+// StartEtcd starts a one-member etcd with its data in a temporary directory and waits until it
+// answers (about a second).
+func StartEtcd(t testing.TB) *Etcd {
+	t.Helper()
+	bin := lookPath(t, "etcd")
+	dir := t.TempDir()
+	client, peer := "http://"+FreeAddr(t), "http://"+FreeAddr(t)
+	p := start(t, "etcd", bin, filepath.Join(dir, "etcd.log"),
+		"--name", "test", "--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", "test="+peer, "--initial-cluster-state", "new",
+		"--log-level", "warn")
+	e := &Etcd{Process: p, Endpoint: client}
+	cli := e.Client(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "probe")
+		cancel()
+		if err == nil {
+			return e
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("etcd exited at start:\n%s", p.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd does not answer on %s: %v\n%s", client, err, p.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Client returns an etcd client of e, closed when the test ends.
+func (e *Etcd) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+// HAProxy is an HAProxy in TCP mode balancing one address over backends.
+type HAProxy struct {
+	*Process
+	// Addr is the 127.0.0.1:PORT clients connect to.
+	Addr string
+}
+
+// StartHAProxy starts HAProxy in TCP mode, in the foreground, balancing connections to Addr
+// round-robin over backends (host:port each), with health checks every 200 ms so that a dead
+// backend is skipped, and redispatching a connection whose backend refuses it.
+func StartHAProxy(t testing.TB, backends []string) *HAProxy {
+	t.Helper()
+	bin := lookPath(t, "haproxy")
+	dir := t.TempDir()
+	addr := FreeAddr(t)
+	var b strings.Builder
+	fmt.Fprintf(&b, `global
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 1s
+  timeout client 10m
+  timeout server 10m
+  retries 3
+  option redispatch
+frontend grpc
+  bind %s
+  default_backend replicas
+backend replicas
+  balance roundrobin
+`, addr)
+	for i, be := range backends {
+		fmt.Fprintf(&b, "  server r%d %s check inter 200ms fall 1 rise 2\n", i, be)
+	}
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "haproxy", bin, filepath.Join(dir, "haproxy.log"), "-db", "-f", cfg)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return &HAProxy{Process: p, Addr: addr}
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("haproxy exited at start:\n%s", p.Log())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("haproxy does not accept connections on %s:\n%s", addr, p.Log())
+		}
+	}
+}
