@@ -65,6 +65,8 @@ type blobText struct {
 	Truncated bool
 	// Err says why the contents could not be read.
 	Err string
+	// Missing reports that the CAS does not hold the blob.
+	Missing bool
 }
 
 // Empty reports whether there is nothing to show.
@@ -137,7 +139,7 @@ func (c *Console) readBlob(ctx context.Context, d digest.Digest) blobText {
 	}
 	rc, err := c.opts.CAS.Get(ctx, d, 0, maxShownBytes)
 	if err != nil {
-		return blobText{Size: d.Size, Err: blobError(d, err)}
+		return blobText{Size: d.Size, Err: blobError(d, err), Missing: status.Code(err) == codes.NotFound}
 	}
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, maxShownBytes))
@@ -150,7 +152,7 @@ func (c *Console) readBlob(ctx context.Context, d digest.Digest) blobText {
 // blobError explains a failed CAS read.
 func blobError(d digest.Digest, err error) string {
 	if status.Code(err) == codes.NotFound {
-		return "Blob " + d.String() + " is no longer in the CAS (evicted)."
+		return "Blob " + d.String() + " is not in the CAS (never uploaded with this size, or evicted)."
 	}
 	return "Reading blob " + d.String() + " failed: " + status.Convert(err).Message()
 }
@@ -476,5 +478,8 @@ func (c *Console) blob(r *http.Request, v *viewer) view {
 		name = ref.Digest.String()
 	}
 	d := blobData{Instance: ref.Instance, Digest: ref.Digest, Name: name, Blob: c.readBlob(ctx, ref.Digest)}
+	if d.Blob.Missing {
+		return errorView(http.StatusNotFound, "Not in the CAS", d.Blob.Err)
+	}
 	return view{template: "blob", title: name, nav: "builds", data: d}
 }

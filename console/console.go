@@ -42,6 +42,9 @@ type Options struct {
 	Auth Authenticator
 	// Clock is the time reference for "ago" and countdowns; nil is the system clock.
 	Clock clock.Clock
+	// ListenAddr is the console's configured listen address (host:port); with no token files a
+	// Host header naming its host is accepted besides localhost, 127.0.0.0/8 and [::1].
+	ListenAddr string
 	// Logger receives refused logins and failed reads.
 	Logger zerolog.Logger
 }
@@ -51,6 +54,8 @@ type Console struct {
 	opts  Options
 	mux   *http.ServeMux
 	pages map[string]*template.Template
+	// sessions are the logins of the form.
+	sessions sessions
 }
 
 // New returns the console serving every page under /console/.
@@ -83,6 +88,12 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
+	if a := c.opts.Auth; (a == nil || !a.Enabled()) && !loopbackHost(r.Host, c.opts.ListenAddr) {
+		// Without tokens the caller's address is the only check: a DNS-rebound name pointing at
+		// 127.0.0.1 would pass it, so the name asked for must be a loopback one too.
+		http.Error(w, "Misdirected request: with no token files the console answers only to a loopback Host (localhost, 127.0.0.1, [::1]) or the --metrics-listen address, not "+r.Host+".", http.StatusMisdirectedRequest)
+		return
+	}
 	c.mux.ServeHTTP(w, r)
 }
 

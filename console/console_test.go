@@ -170,12 +170,17 @@ func statusUnavailable() *spb.Status {
 	return &spb.Status{Code: int32(codes.Unavailable), Message: "drain: handed back"}
 }
 
-// post serves a form POST from a loopback address.
-func post(t *testing.T, h http.Handler, path, form string) *httptest.ResponseRecorder {
+// post serves a form POST from a loopback address to Host 127.0.0.1:9090 with extra headers
+// ("Name", "value" pairs).
+func post(t *testing.T, h http.Handler, path, form string, headers ...string) *httptest.ResponseRecorder {
 	t.Helper()
 	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(form))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.RemoteAddr = "127.0.0.1:40000"
+	req.Host = "127.0.0.1:9090"
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	return rec
@@ -187,6 +192,7 @@ func TestLoopbackOnlyWithoutTokens(t *testing.T) {
 	h := e.console(nil)
 	req, _ := http.NewRequest(http.MethodGet, "/console/fleet", nil)
 	req.RemoteAddr = "10.1.2.3:5555"
+	req.Host = "127.0.0.1:9090"
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusForbidden {

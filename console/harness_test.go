@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/buildfleet/buildfleet/auth"
 	"github.com/buildfleet/buildfleet/console"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
@@ -44,6 +45,8 @@ type env struct {
 	exec  repb.ExecutionClient
 	acc   repb.ActionCacheClient
 	bots  rwpb.BotsClient
+	// authz is the authorizer of the last tokenConsole.
+	authz *auth.Authorizer
 }
 
 func newEnv(t *testing.T) *env {
@@ -245,12 +248,17 @@ func (e *env) completed(id string, result *repb.ActionResult) *rwpb.Lease {
 	return &rwpb.Lease{Id: id, State: rwpb.LeaseState_COMPLETED, Result: r, Status: &spb.Status{}}
 }
 
-// get serves GET path from a loopback address with extra headers ("Name", "value" pairs).
+// get serves GET path from a loopback address (Host 127.0.0.1:9090 unless a "Host" pair says) with extra headers ("Name", "value" pairs).
 func get(t *testing.T, h http.Handler, path string, headers ...string) *httptest.ResponseRecorder {
 	t.Helper()
 	req := httptest.NewRequest(http.MethodGet, path, nil)
 	req.RemoteAddr = "127.0.0.1:40000"
+	req.Host = "127.0.0.1:9090"
 	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i] == "Host" {
+			req.Host = headers[i+1]
+			continue
+		}
 		req.Header.Set(headers[i], headers[i+1])
 	}
 	rec := httptest.NewRecorder()

@@ -234,6 +234,10 @@ func (b *buildRecord) add(r ExecutionRecord, c BuildCounts) {
 	if _, ok := b.summary.Counts[inst]; !ok && len(b.summary.Counts) >= maxBucketInstances {
 		inst = OtherInstances
 	}
+	if !r.QueuedAt.IsZero() && r.QueuedAt.Before(b.summary.FirstSeen) {
+		// The build started when its first action was queued, not when one first finished.
+		b.summary.FirstSeen = r.QueuedAt
+	}
 	cur := b.summary.Counts[inst]
 	cur.add(c)
 	b.summary.Counts[inst] = cur

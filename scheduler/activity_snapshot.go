@@ -144,6 +144,9 @@ func (b *buildRecord) summaryLocked(lb *liveBuild) BuildSummary {
 	sum.Running = map[string]int{}
 	if lb != nil {
 		sum.Running = lb.summary.Running
+		if lb.summary.FirstSeen.Before(sum.FirstSeen) {
+			sum.FirstSeen = lb.summary.FirstSeen
+		}
 		if lb.summary.LastSeen.After(sum.LastSeen) {
 			sum.LastSeen = lb.summary.LastSeen
 		}

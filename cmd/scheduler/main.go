@@ -245,7 +245,7 @@ func run(args []string) error {
 		}
 		ms.Handle("/workers", workers)
 		if sched != nil {
-			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, Logger: logger}))
+			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, ListenAddr: *metricsListen, Logger: logger}))
 			ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
 		}
 		go func() {
