@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"
 )
 
 // Bounds of what the scheduler remembers for status pages. Every structure is a ring or a map
@@ -308,10 +309,22 @@ func (a *activity) drainFinishedLocked(b *botSession) {
 	}
 }
 
-// sessionClosingLocked records that session b is being closed for reason, before its leases
-// are requeued: a session that did not drain is an interruption without notice.
-func (a *activity) sessionClosingLocked(b *botSession, now time.Time) {
-	a.interruptionLocked(b, now).GoneAt = now
+// sessionClosingLocked records that session b is being closed for reason (a requeue reason),
+// before its leases are requeued: a session that did not drain is an interruption without
+// notice.
+func (a *activity) sessionClosingLocked(b *botSession, reason string, now time.Time) {
+	in := a.interruptionLocked(b, now)
+	in.GoneAt = now
+	switch {
+	case reason == requeueGone && b.status == rwpb.BotStatus_BOT_TERMINATING && len(b.leases) == 0:
+		in.Ended = EndedDrained
+	case reason == requeueGone:
+		in.Ended = EndedConnectionLost
+	case reason == requeueLost:
+		in.Ended = EndedReplaced
+	default:
+		in.Ended = EndedExpired
+	}
 }
 
 // leaseRequeuedLocked records lease l ending without a result for reason (a requeue reason).

@@ -159,6 +159,9 @@ type Interruption struct {
 	Deadline time.Time
 	// GoneAt is when the session was closed (zero while it lives).
 	GoneAt time.Time
+	// Ended says how the session was closed, as far as the scheduler knows: EndedDrained,
+	// EndedConnectionLost, EndedExpired or EndedReplaced ("" while it lives).
+	Ended string
 	// FinishedDuringDrain counts results accepted from the worker while it drained.
 	FinishedDuringDrain int
 	// HandedBack counts leases the draining worker handed back; Lost leases requeued because
@@ -167,6 +170,20 @@ type Interruption struct {
 	// LostWork is the running time of the handed back and lost leases, thrown away.
 	LostWork time.Duration
 }
+
+// How a worker's session ended (Interruption.Ended).
+const (
+	// EndedDrained: the worker finished draining (BOT_TERMINATING, no lease left) and stopped
+	// calling.
+	EndedDrained = "drained"
+	// EndedConnectionLost: the worker's call ended with its connection and it did not call again
+	// within the disconnect grace (a crash or kill).
+	EndedConnectionLost = "connection lost"
+	// EndedExpired: the worker stopped calling and its session timed out.
+	EndedExpired = "session expired"
+	// EndedReplaced: the worker opened a new session (it restarted).
+	EndedReplaced = "replaced by a new session"
+)
 
 // LeaseView is a lease a worker holds now.
 type LeaseView struct {

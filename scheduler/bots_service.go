@@ -159,6 +159,12 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 			b.calls--
 			b.stopWaitingIfIdle()
 			reply := s.replyLocked(b)
+			if b.calls == 0 && b.status == rwpb.BotStatus_BOT_TERMINATING && len(b.leases) == 0 {
+				// A drained worker exits after this reply (it has nothing left to report): if
+				// it does not call again within the disconnect grace, its session is closed
+				// now rather than when it expires.
+				s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.DisconnectGrace), kind: sessionDisconnect, session: b, gen: gen})
+			}
 			s.leave()
 			return reply, nil
 		}

@@ -133,7 +133,7 @@ func (s *Scheduler) revokeLocked(op *operation) {
 
 // closeSessionLocked ends a bot session, requeueing its leases for reason.
 func (s *Scheduler) closeSessionLocked(b *botSession, reason string) {
-	s.act.sessionClosingLocked(b, s.clk.Now())
+	s.act.sessionClosingLocked(b, reason, s.clk.Now())
 	for len(b.leases) > 0 {
 		l := b.leases[0]
 		s.requeueLocked(l, reason, true, fmt.Sprintf("bot %s (session %s) %s", b.botID, b.name, reasonText(reason)))

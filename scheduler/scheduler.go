@@ -158,8 +158,13 @@ func (s *Scheduler) enterLocked() {
 			if b.gone || b.calls > 0 || b.callGen != d.gen {
 				continue
 			}
-			s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
-				Dur("grace", s.cfg.DisconnectGrace).Msg("Bot disconnected and did not call again; requeueing its leases")
+			if b.status == rwpb.BotStatus_BOT_TERMINATING && len(b.leases) == 0 {
+				s.log.Info().Str("bot_id", b.botID).Str("session", b.name).
+					Msg("Drained bot did not call again; its session is closed")
+			} else {
+				s.log.Warn().Str("bot_id", b.botID).Str("session", b.name).Int("leases", len(b.leases)).
+					Dur("grace", s.cfg.DisconnectGrace).Msg("Bot disconnected and did not call again; requeueing its leases")
+			}
 			s.closeSessionLocked(b, requeueGone)
 		case goneRetention:
 			if b := d.session; s.gone[b.name] == b {
