@@ -45,5 +45,5 @@ setsid "$BIN/worker" --scheduler="grpc://$LISTEN" --cloud=none \
   --cache-directory="$DATA/worker-cache" --append-only-caches-base-path="$CACHES" \
   --worker-id="local-$(hostname)" &
 pids+=($!)
-echo "buildfleet: scheduler on $LISTEN (metrics http://$METRICS/metrics), one local worker; Ctrl-C stops both" >&2
+echo "buildfleet: scheduler on $LISTEN, web console http://$METRICS/console/ (metrics http://$METRICS/metrics), one local worker; Ctrl-C stops both" >&2
 wait -n "${pids[@]}"

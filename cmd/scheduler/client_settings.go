@@ -7,8 +7,9 @@ import (
 )
 
 // printClientSettings writes the .bazelrc and pants.toml lines that point Bazel and Pants at a
-// scheduler listening on addr.
-func printClientSettings(w io.Writer, addr string, tls, tokens bool) {
+// scheduler listening on addr, and the web console's URL when console is its HTTP address
+// (--metrics-listen; "" when off).
+func printClientSettings(w io.Writer, addr string, tls, tokens bool, console string) {
 	host, port, err := net.SplitHostPort(addr)
 	if err == nil && (host == "" || host == "0.0.0.0" || host == "::") {
 		addr = net.JoinHostPort("127.0.0.1", port)
@@ -40,6 +41,12 @@ remote_execution_append_only_caches_base_path = "/toolchain/caches"
 process_execution_remote_parallelism = 64
 # Pants 2.16+ also needs a remote_environment target: see the README.
 `, url)
+	if console != "" {
+		if h, p, err := net.SplitHostPort(console); err == nil && (h == "" || h == "0.0.0.0" || h == "::") {
+			console = net.JoinHostPort("127.0.0.1", p)
+		}
+		fmt.Fprintf(w, "# Web console: http://%s/console/\n", console)
+	}
 	if tls {
 		fmt.Fprintln(w, "# TLS is on: Bazel also needs --tls_certificate=CA.pem, Pants remote_ca_certs_path = \"CA.pem\"")
 	}

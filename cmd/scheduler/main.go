@@ -272,7 +272,12 @@ func run(args []string) error {
 	}
 	logger.Info().Str("listen", lis.Addr().String()).Bool("socket_activated", activated).Str("storage_dir", *storageDir).
 		Str("max_storage_size", maxStorage.String()).Msg("scheduler serving")
-	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled())
+	consoleAddr := ""
+	if ms != nil && sched != nil {
+		consoleAddr = ms.Addr()
+		logger.Info().Str("url", "http://"+consoleAddr+"/console/").Msg("web console serving")
+	}
+	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled(), consoleAddr)
 
 	select {
 	case err := <-serveErr:
