@@ -2,9 +2,12 @@ package console_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
 	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"
 	"github.com/buildfleet/buildfleet/scheduler"
@@ -100,4 +103,40 @@ func TestSessionEndsAreShownAsTheyHappened(t *testing.T) {
 	}
 	worker := page(t, h, "/console/workers/killed-1")
 	contains(t, "killed worker page", worker, "no notice (connection lost)")
+}
+
+// An action whose first worker vanished (its session expired) and which a second worker then
+// ran lists the lost first attempt in its executions table, with the worker and the reason.
+func TestActionPageListsLostAttempts(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	d := e.putAction("/bin/echo", "again")
+	s := e.execute("", d, "inv-l", "Genrule", "//:again")
+	k1, l1 := e.newBot("vanished-1", 1)
+	if len(l1) != 1 {
+		t.Fatalf("vanished-1 got %d leases", len(l1))
+	}
+	k1.update(active(l1[0].Id))
+	e.clk.Advance(2 * time.Minute) // past the session expiry: the action is queued again
+	if st := e.workerState("vanished-1"); st != scheduler.WorkerGone {
+		t.Fatalf("vanished-1 is %s, want gone", st)
+	}
+	w2, l2 := e.newBot("rescuer-1", 1)
+	if len(l2) != 1 {
+		t.Fatalf("rescuer-1 got %d leases", len(l2))
+	}
+	w2.update(active(l2[0].Id))
+	e.clk.Advance(5 * time.Second)
+	w2.update(e.completed(l2[0].Id, &repb.ActionResult{StdoutRaw: []byte("again\n")}))
+	drain(t, s)
+
+	body := page(t, h, fmt.Sprintf("/console/actions/%s/%d", d.Hash, d.Size))
+	i := strings.Index(body, `class="lost-attempt"`)
+	if i < 0 {
+		t.Fatalf("action page lists no lost attempt:\n%s", body)
+	}
+	row := body[i:]
+	row = row[:strings.Index(row, "</tr>")]
+	contains(t, "lost attempt row", row, ">expired<", `href="/console/workers/vanished-1"`, "attempt 1", "stopped updating its session")
+	contains(t, "action page", body, `href="/console/workers/rescuer-1"`, `<td class="num">2</td>`)
 }

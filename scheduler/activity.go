@@ -97,6 +97,8 @@ func (a *activity) finishedLocked(op *operation, resp *repb.ExecuteResponse, out
 		Outcome:   outcome,
 		Attempts:  op.attempts,
 		QueuedAt:  op.queuedAt,
+		// The op is done: nothing appends to its lost attempts any more.
+		LostAttempts: op.lostAttempts,
 		// CompletedAt is the scheduler's time, as every other time of the record.
 		CompletedAt: now,
 	}

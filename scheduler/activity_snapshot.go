@@ -16,6 +16,7 @@ func liveLocked(op *operation) ExecutionRecord {
 	r := ExecutionRecord{
 		Instance: op.instance, Action: op.action, Operation: op.name, Metadata: op.meta,
 		Outcome: OutcomeQueued, Attempts: op.attempts, QueuedAt: op.queuedAt,
+		LostAttempts: append([]LostAttempt(nil), op.lostAttempts...),
 	}
 	if r.Metadata == nil {
 		r.Metadata = emptyMetadata

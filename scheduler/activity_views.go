@@ -53,6 +53,10 @@ type ExecutionRecord struct {
 	Worker string
 	// Attempts is the number of leases handed out for it.
 	Attempts int
+	// LostAttempts are the attempts that ended without a result (handed back by a draining
+	// worker, lost with a worker's session, or failed with a retryable status), oldest first;
+	// at most 10 are kept.
+	LostAttempts []LostAttempt
 	// QueuedAt is when the scheduler queued it; StartedAt when its worker started it (zero if
 	// never); CompletedAt when it finished (zero while running).
 	QueuedAt, StartedAt, CompletedAt time.Time
@@ -170,6 +174,25 @@ type Interruption struct {
 	// LostWork is the running time of the handed back and lost leases, thrown away.
 	LostWork time.Duration
 }
+
+// LostAttempt is one lease of an execution that ended without a result.
+type LostAttempt struct {
+	// Attempt is the attempt number (1 for the first lease).
+	Attempt int
+	// Worker is the bot id that held the lease.
+	Worker string
+	// AssignedAt is when the lease was handed out; StartedAt when the worker reported it ACTIVE
+	// (zero if it never did); EndedAt when the scheduler gave up on it.
+	AssignedAt, StartedAt, EndedAt time.Time
+	// Reason is why it ended: "handed-back", "expired", "disconnected", "lost" or "retry" (the
+	// reason label of buildfleet_scheduler_leases_requeued_total).
+	Reason string
+	// Cause is the scheduler's explanation, e.g. "bot w1 (session …) stopped updating its session".
+	Cause string
+}
+
+// maxLostAttempts bounds the lost attempts remembered per execution.
+const maxLostAttempts = 10
 
 // How a worker's session ended (Interruption.Ended).
 const (

@@ -15,14 +15,16 @@ import (
 // operation is one execution of an action, possibly watched through several names (clients
 // that joined it, names rebuilt after a restart). All fields are guarded by Scheduler.mu.
 type operation struct {
-	name       string
-	instance   string
-	action     digest.Digest
-	actionMsg  *repb.Action
-	platform   platform
-	doNotCache bool
-	priority   int32
-	invocation string
+	// lostAttempts are the op's leases that ended without a result (at most maxLostAttempts).
+	lostAttempts []LostAttempt
+	name         string
+	instance     string
+	action       digest.Digest
+	actionMsg    *repb.Action
+	platform     platform
+	doNotCache   bool
+	priority     int32
+	invocation   string
 	// meta is the client's RequestMetadata (nil if it sent none), for status pages.
 	meta *repb.RequestMetadata
 	// seq is the arrival order, kept across requeues.

@@ -102,6 +102,10 @@ func (s *Scheduler) requeueLocked(l *lease, reason string, counts bool, cause st
 	op.lease = nil
 	op.lastFailure = cause
 	s.act.leaseRequeuedLocked(l, reason, s.clk.Now())
+	if len(op.lostAttempts) < maxLostAttempts {
+		op.lostAttempts = append(op.lostAttempts, LostAttempt{Attempt: op.attempts, Worker: l.session.botID,
+			AssignedAt: l.assignedAt, StartedAt: l.startedAt, EndedAt: s.clk.Now(), Reason: reason, Cause: cause})
+	}
 	ev := s.log.Warn().Str("action_digest", op.action.String()).Str("lease_id", l.id).Str("bot_id", l.session.botID).
 		Str("operation", op.name).Str("reason", reason).Str("cause", cause)
 	if counts {
