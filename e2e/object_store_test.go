@@ -37,20 +37,35 @@ func TestSchedulerRefusesBadObjectStoreSettings(t *testing.T) {
 		t.Skip("needs the scheduler binary")
 	}
 	srv := objectstoretest.StartS3(t, "buildfleet-e2e")
+	gcs := objectstoretest.StartGCS(t, "buildfleet-e2e")
 	s3 := []string{"--s3-endpoint=" + srv.Endpoint(), "--s3-force-path-style", "--object-store-timeout=2s"}
+	noCredentials := []string{"AWS_ACCESS_KEY_ID=", "AWS_SECRET_ACCESS_KEY="}
 	for _, c := range []struct {
 		args []string
 		want string
+		env  []string
 	}{
-		{append([]string{"--object-store=s3://no-such-bucket/x"}, s3...), "NoSuchBucket"},
-		{append([]string{"--object-store=s3://buildfleet-e2e/x", "--s3-region=" + objectstoretest.Region}, s3...), ""},
-		{[]string{"--object-store=ftp://bucket/x"}, "want s3://BUCKET/PREFIX or gs://BUCKET/PREFIX"},
-		{[]string{"--object-store=s3://bucket/../x"}, "has an empty, . or .. segment"},
-		{[]string{"--s3-endpoint=http://127.0.0.1:1"}, "need --object-store"},
-		{[]string{"--object-store=gs://bucket", "--s3-region=eu-west-1"}, "apply to s3:// object stores only"},
+		{append([]string{"--object-store=s3://buildfleet-e2e/x"}, s3...), "no AWS credentials", noCredentials},
+		{append([]string{"--object-store=s3://buildfleet-e2e/x"}, s3...), "PermissionDenied", []string{"AWS_ACCESS_KEY_ID=unknown-access-key"}},
+		{[]string{"--object-store=s3://buildfleet-e2e/x", "--s3-endpoint=" + srv.Addr()}, "is not an http:// or https:// URL", nil},
+		{[]string{"--object-store=s3://buildfleet-e2e/x", "--object-store-timeout=0s"}, "--object-store-timeout=0s: must be more than 0", nil},
+		{[]string{"--object-store=s3://buildfleet-e2e/x", "--object-store-existence-ttl=-1s"}, "must not be negative", nil},
+		{[]string{"--object-store=gs://no-such-bucket/x"}, "FailedPrecondition", []string{"STORAGE_EMULATOR_HOST=" + gcs.Addr()}},
+		{append([]string{"--object-store=s3://no-such-bucket/x"}, s3...), "NoSuchBucket", nil},
+		{append([]string{"--object-store=s3://buildfleet-e2e/x", "--s3-region=" + objectstoretest.Region}, s3...), "", nil},
+		{[]string{"--object-store=ftp://bucket/x"}, "want s3://BUCKET/PREFIX or gs://BUCKET/PREFIX", nil},
+		{[]string{"--object-store=s3://bucket/../x"}, "has an empty, . or .. segment", nil},
+		{[]string{"--s3-endpoint=http://127.0.0.1:1"}, "need --object-store", nil},
+		{[]string{"--object-store=gs://bucket", "--s3-region=eu-west-1"}, "apply to s3:// object stores only", nil},
+		// Limits that bound memory or disk have no "off" value: zero is refused, not the default.
+		{[]string{"--max-parked-uploads=0"}, "--max-parked-uploads=0: must be positive", nil},
+		{[]string{"--max-parked-upload-size=0"}, "--max-parked-upload-size=0: must be positive", nil},
+		{[]string{"--upload-resume-timeout=-1s"}, "--upload-resume-timeout=-1s: must be positive", nil},
+		{[]string{"--operation-retention=0s"}, "--operation-retention=0s: must be positive", nil},
+		{[]string{"--max-finished-operations=-5"}, "--max-finished-operations=-5: must be positive", nil},
 	} {
 		cmd := exec.Command(filepath.Join(binDir, "scheduler"), append([]string{"--listen=127.0.0.1:0", "--metrics-listen=", "--storage-dir=" + t.TempDir()}, c.args...)...)
-		cmd.Env = append(os.Environ(), objectstoretest.S3Env()...)
+		cmd.Env = append(append(os.Environ(), objectstoretest.S3Env()...), c.env...)
 		if c.want == "" {
 			// Wrong credentials: the bucket refuses them.
 			cmd.Env = append(cmd.Env, "AWS_SECRET_ACCESS_KEY=not-the-secret")

@@ -142,6 +142,27 @@ func (d *actionDir) openBeneath(rel string, flags int) (int, error) {
 	}
 }
 
+// checkWorkingDirectory refuses with INVALID_ARGUMENT a working directory that is not a
+// directory of the input tree (Command.working_directory: "It must be a directory which exists
+// in the input tree"). Symlinks inside the input root are followed.
+func (d *actionDir) checkWorkingDirectory(rel string) error {
+	if rel == "." {
+		return nil
+	}
+	fd, err := d.openBeneath(rel, unix.O_PATH|unix.O_DIRECTORY)
+	if err == nil {
+		unix.Close(fd)
+		return nil
+	}
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return status.Errorf(codes.InvalidArgument, "Working directory %q is not a directory of the input root: Command.working_directory must exist in the input tree", rel)
+	}
+	if status.Code(err) == codes.InvalidArgument {
+		return err
+	}
+	return status.Errorf(codes.Internal, "Failed to open working directory %q: %v", rel, err)
+}
+
 // mkdirAll creates rel and its parents inside the input root. Existing symlinks inside the root
 // are followed; one leading outside yields INVALID_ARGUMENT. A non-directory on the way is left
 // alone: the command finds it as it is.

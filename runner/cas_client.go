@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,12 +14,12 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 const (
@@ -117,44 +116,6 @@ func (c *casClient) recvLimit(ctx context.Context) grpc.CallOption {
 	return grpc.MaxCallRecvMsgSize(int(c.batchLimit(ctx)) + (1 << 20))
 }
 
-// missingError returns FAILED_PRECONDITION with one MISSING violation per digest, the status
-// clients answer by uploading the blobs and retrying.
-func missingError(ds []digest.Digest) error {
-	pf := &errdetails.PreconditionFailure{}
-	for _, d := range ds {
-		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
-			Type:    "MISSING",
-			Subject: d.MissingSubject(),
-		})
-	}
-	msg := fmt.Sprintf("Blob %s is missing from the CAS", ds[0])
-	if len(ds) > 1 {
-		msg = fmt.Sprintf("%d blobs are missing from the CAS, including %s", len(ds), ds[0])
-	}
-	st, err := status.New(codes.FailedPrecondition, msg).WithDetails(pf)
-	if err != nil {
-		return status.Error(codes.FailedPrecondition, msg)
-	}
-	return st.Err()
-}
-
-// wrap prefixes err's message, keeping its gRPC code and details (such as the MISSING
-// violations clients act on).
-func wrap(err error, format string, args ...any) error {
-	var st *status.Status
-	switch {
-	case errors.Is(err, context.Canceled):
-		st = status.New(codes.Canceled, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		st = status.New(codes.DeadlineExceeded, err.Error())
-	default:
-		st = status.Convert(err)
-	}
-	p := st.Proto()
-	p.Message = fmt.Sprintf(format, args...) + ": " + p.Message
-	return status.FromProto(p).Err()
-}
-
 // readBlobs reads blobs into memory: small ones with BatchReadBlobs, large ones with
 // ByteStream. Blobs absent from the CAS yield a MISSING precondition failure naming them all.
 func (c *casClient) readBlobs(ctx context.Context, ds []digest.Digest) (map[digest.Digest][]byte, error) {
@@ -212,7 +173,7 @@ func (c *casClient) readBlobs(ctx context.Context, ds []digest.Digest) (map[dige
 		return nil, err
 	}
 	if len(missing) > 0 {
-		return nil, missingError(missing)
+		return nil, rpcstatus.Missing(missingMessage(missing), missing)
 	}
 	return out, nil
 }
@@ -226,7 +187,7 @@ func (c *casClient) batchRead(ctx context.Context, ds []digest.Digest, found fun
 	}
 	resp, err := c.cas.BatchReadBlobs(ctx, req, c.recvLimit(ctx))
 	if err != nil {
-		return wrap(err, "Failed to read %d blobs from the CAS", len(ds))
+		return rpcstatus.Wrap(err, "Failed to read %d blobs from the CAS", len(ds))
 	}
 	want := make(map[digest.Digest]bool, len(ds))
 	for _, d := range ds {
@@ -238,7 +199,7 @@ func (c *casClient) batchRead(ctx context.Context, ds []digest.Digest, found fun
 			return status.Errorf(codes.Internal, "CAS answered BatchReadBlobs with an unrequested digest %v", r.GetDigest())
 		}
 		delete(want, d)
-		switch code := codes.Code(r.GetStatus().GetCode()); code {
+		switch codes.Code(r.GetStatus().GetCode()) {
 		case codes.OK:
 			if got := digest.FromBytes(r.GetData()); got != d {
 				return status.Errorf(codes.Internal, "CAS returned blob %s with digest %s", d, got)
@@ -251,7 +212,7 @@ func (c *casClient) batchRead(ctx context.Context, ds []digest.Digest, found fun
 				return err
 			}
 		default:
-			return status.Errorf(code, "Failed to read blob %s from the CAS: %s", d, r.GetStatus().GetMessage())
+			return rpcstatus.Wrap(status.ErrorProto(r.GetStatus()), "Failed to read blob %s from the CAS", d)
 		}
 	}
 	if len(want) > 0 {
@@ -267,7 +228,7 @@ func (c *casClient) readStream(ctx context.Context, d digest.Digest, w io.Writer
 	defer cancel()
 	stream, err := c.bs.Read(ctx, &bspb.ReadRequest{ResourceName: digest.ReadResourceName(c.instance, d, digest.Identity)})
 	if err != nil {
-		return wrap(err, "Failed to read blob %s from the CAS", d)
+		return rpcstatus.Wrap(err, "Failed to read blob %s from the CAS", d)
 	}
 	h := sha256.New()
 	var n int64
@@ -277,7 +238,7 @@ func (c *casClient) readStream(ctx context.Context, d digest.Digest, w io.Writer
 			break
 		}
 		if err != nil {
-			return wrap(err, "Failed to read blob %s from the CAS", d)
+			return rpcstatus.Wrap(err, "Failed to read blob %s from the CAS", d)
 		}
 		data := resp.GetData()
 		n += int64(len(data))
@@ -330,7 +291,7 @@ func (c *casClient) upload(ctx context.Context, blobs map[digest.Digest]uploadSo
 		}
 		resp, err := c.cas.FindMissingBlobs(ctx, req)
 		if err != nil {
-			return wrap(err, "Failed to find missing blobs in the CAS")
+			return rpcstatus.Wrap(err, "Failed to find missing blobs in the CAS")
 		}
 		for _, p := range resp.GetMissingBlobDigests() {
 			d, err := digest.FromProto(p)
@@ -379,11 +340,11 @@ func (c *casClient) batchUpdate(ctx context.Context, ds []digest.Digest, blobs m
 	}
 	resp, err := c.cas.BatchUpdateBlobs(ctx, req)
 	if err != nil {
-		return wrap(err, "Failed to upload %d blobs to the CAS", len(ds))
+		return rpcstatus.Wrap(err, "Failed to upload %d blobs to the CAS", len(ds))
 	}
 	for _, r := range resp.GetResponses() {
-		if code := codes.Code(r.GetStatus().GetCode()); code != codes.OK {
-			return status.Errorf(code, "Failed to upload blob %s/%d to the CAS: %s", r.GetDigest().GetHash(), r.GetDigest().GetSizeBytes(), r.GetStatus().GetMessage())
+		if codes.Code(r.GetStatus().GetCode()) != codes.OK {
+			return rpcstatus.Wrap(status.ErrorProto(r.GetStatus()), "Failed to upload blob %s/%d to the CAS", r.GetDigest().GetHash(), r.GetDigest().GetSizeBytes())
 		}
 	}
 	return nil
@@ -399,7 +360,7 @@ func (c *casClient) writeStream(ctx context.Context, d digest.Digest, src upload
 	defer cancel()
 	stream, err := c.bs.Write(ctx)
 	if err != nil {
-		return wrap(err, "Failed to upload blob %s to the CAS", d)
+		return rpcstatus.Wrap(err, "Failed to upload blob %s to the CAS", d)
 	}
 	name := digest.WriteResourceName(c.instance, d, digest.Identity)
 	buf := make([]byte, byteStreamChunk)
@@ -419,7 +380,7 @@ func (c *casClient) writeStream(ctx context.Context, d digest.Digest, src upload
 				// The server ended the stream early: the blob is already present, or it failed.
 				break
 			}
-			return wrap(err, "Failed to upload blob %s to the CAS", d)
+			return rpcstatus.Wrap(err, "Failed to upload blob %s to the CAS", d)
 		}
 		off += int64(n)
 		if last {
@@ -431,10 +392,18 @@ func (c *casClient) writeStream(ctx context.Context, d digest.Digest, src upload
 	}
 	resp, err := stream.CloseAndRecv()
 	if err != nil {
-		return wrap(err, "Failed to upload blob %s to the CAS", d)
+		return rpcstatus.Wrap(err, "Failed to upload blob %s to the CAS", d)
 	}
 	if resp.GetCommittedSize() != d.Size && resp.GetCommittedSize() != -1 {
 		return status.Errorf(codes.Internal, "CAS committed %d bytes of blob %s", resp.GetCommittedSize(), d)
 	}
 	return nil
+}
+
+// missingMessage describes blobs absent from the CAS: the first of them, and how many.
+func missingMessage(ds []digest.Digest) string {
+	if len(ds) == 1 {
+		return fmt.Sprintf("Blob %s is missing from the CAS", ds[0])
+	}
+	return fmt.Sprintf("%d blobs are missing from the CAS, including %s", len(ds), ds[0])
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // cacheMtime is the modification time of every file in the cache. A write to a cached file
@@ -317,7 +318,7 @@ func (c *fileCache) get(ctx context.Context, ps *pinSet, keys []fileKey) (map[fi
 			}
 		}
 		if len(missing) > 0 {
-			return nil, missingError(missing)
+			return nil, rpcstatus.Missing(missingMessage(missing), missing)
 		}
 	}
 	return result, nil
@@ -430,7 +431,7 @@ func (c *fileCache) fill(ctx context.Context, ps *pinSet, copies []copyJob, own 
 	}
 	err := g.Wait()
 	if err == nil && len(missing) > 0 {
-		err = missingError(missing)
+		err = rpcstatus.Missing(missingMessage(missing), missing)
 	}
 	if err != nil {
 		ps.releaseEntries(got)

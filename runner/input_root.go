@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // maxInputNodes bounds the number of files, directories and symlinks one input root may expand
@@ -205,7 +206,7 @@ func (m *inputRoot) fetchTreeOnce(ctx context.Context, root digest.Digest) (map[
 		if len(fetch) > 0 {
 			blobs, err := m.cas.readBlobs(ctx, fetch)
 			if err != nil {
-				return nil, wrap(err, "Failed to fetch input root %s", root)
+				return nil, rpcstatus.Wrap(err, "Failed to fetch input root %s", root)
 			}
 			for _, d := range fetch {
 				dir := &repb.Directory{}
@@ -213,7 +214,7 @@ func (m *inputRoot) fetchTreeOnce(ctx context.Context, root digest.Digest) (map[
 					return nil, status.Errorf(codes.InvalidArgument, "Input directory %s is not a Directory message: %v", d, err)
 				}
 				if err := checkDirectory(dir); err != nil {
-					return nil, wrap(err, "Invalid input directory %s", d)
+					return nil, rpcstatus.Wrap(err, "Invalid input directory %s", d)
 				}
 				m.messages.put(d, dir)
 				dirs[d] = dir
@@ -253,7 +254,7 @@ func checkDirectory(dir *repb.Directory) error {
 			return err
 		}
 		if _, err := digest.FromProto(f.GetDigest()); err != nil {
-			return wrap(err, "File %q", f.GetName())
+			return rpcstatus.Wrap(err, "File %q", f.GetName())
 		}
 	}
 	for _, d := range dir.GetDirectories() {
@@ -261,7 +262,7 @@ func checkDirectory(dir *repb.Directory) error {
 			return err
 		}
 		if _, err := digest.FromProto(d.GetDigest()); err != nil {
-			return wrap(err, "Directory %q", d.GetName())
+			return rpcstatus.Wrap(err, "Directory %q", d.GetName())
 		}
 	}
 	for _, s := range dir.GetSymlinks() {

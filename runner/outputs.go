@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sys/unix"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 const (
@@ -45,12 +47,21 @@ type outputSpec struct {
 type outputs struct {
 	specs  []outputSpec
 	format repb.Command_OutputDirectoryFormat
+	// absoluteSymlinks accepts output symlinks with absolute targets (the worker runs with
+	// --allow-escaping-symlinks); otherwise they are FAILED_PRECONDITION.
+	absoluteSymlinks bool
 }
 
 // parseOutputs validates the outputs of cmd, taken from output_paths (REAPI 2.1) or else
 // output_files and output_directories. Absolute paths and ".." are INVALID_ARGUMENT.
 func parseOutputs(cmd *repb.Command, workDir string) (*outputs, error) {
 	o := &outputs{format: cmd.GetOutputDirectoryFormat()}
+	switch o.format {
+	case repb.Command_TREE_ONLY, repb.Command_DIRECTORY_ONLY, repb.Command_TREE_AND_DIRECTORY:
+	default:
+		// REAPI: a format the worker does not know "SHOULD" be read as TREE_ONLY.
+		o.format = repb.Command_TREE_ONLY
+	}
 	add := func(name string, kind outputKind) error {
 		if name == "" && kind != outputDirectory {
 			return status.Error(codes.InvalidArgument, "Output path is empty")
@@ -97,14 +108,15 @@ func (o *outputs) createParents(d *actionDir) error {
 // outputCollector gathers the outputs of a finished action into an ActionResult and the blobs
 // to upload. It reads only inside the input root and never follows a symlink it reports.
 type outputCollector struct {
-	dir    *actionDir
-	blobs  map[digest.Digest]uploadSource
-	inline int64
+	dir              *actionDir
+	absoluteSymlinks bool
+	blobs            map[digest.Digest]uploadSource
+	inline           int64
 }
 
 // collect fills result's output fields for o and returns the blobs to upload.
 func (o *outputs) collect(d *actionDir, result *repb.ActionResult) (map[digest.Digest]uploadSource, error) {
-	c := &outputCollector{dir: d, blobs: make(map[digest.Digest]uploadSource)}
+	c := &outputCollector{dir: d, blobs: make(map[digest.Digest]uploadSource), absoluteSymlinks: o.absoluteSymlinks}
 	for _, s := range o.specs {
 		if err := c.collectOne(o, s, result); err != nil {
 			return nil, err
@@ -141,11 +153,11 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 	if err != nil {
 		return wrapOutput(err, s.name)
 	}
+	if err := c.checkKind(s, st.Mode&unix.S_IFMT); err != nil {
+		return err
+	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		if s.kind == outputDirectory {
-			return nil
-		}
 		fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return wrapOutput(err, s.name)
@@ -160,6 +172,9 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 		if err != nil {
 			return wrapOutput(err, s.name)
 		}
+		if err := c.checkSymlinkTarget(s.name, target); err != nil {
+			return err
+		}
 		sym := &repb.OutputSymlink{Path: s.name, Target: target}
 		switch s.kind {
 		case outputAny:
@@ -170,9 +185,6 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 			result.OutputDirectorySymlinks = append(result.OutputDirectorySymlinks, sym)
 		}
 	case unix.S_IFDIR:
-		if s.kind == outputFile {
-			return nil
-		}
 		var fd int
 		if pfd < 0 {
 			fd, err = c.dir.openBeneath(".", unix.O_RDONLY|unix.O_DIRECTORY)
@@ -217,9 +229,63 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 	return nil
 }
 
+// checkKind refuses, with FAILED_PRECONDITION, an output of the wrong kind for the v2.0 field
+// that asked for it, as the ActionResult comments say the server will: a directory (or a
+// symlink to one) listed in output_files, a regular file (or a symlink to one) listed in
+// output_directories. output_paths accepts every kind. A symlink whose target is absent or
+// outside the input root has no kind to check and is reported as a symlink.
+func (c *outputCollector) checkKind(s outputSpec, mode uint32) error {
+	if s.kind == outputAny {
+		return nil
+	}
+	what := "a regular file"
+	if mode == unix.S_IFDIR {
+		what = "a directory"
+	}
+	if mode == unix.S_IFLNK {
+		fd, err := c.dir.openBeneath(s.rel, unix.O_PATH)
+		if err != nil {
+			return nil // Dangling, or resolving outside the root.
+		}
+		var st unix.Stat_t
+		err = unix.Fstat(fd, &st)
+		unix.Close(fd)
+		if err != nil {
+			return nil
+		}
+		mode = st.Mode & unix.S_IFMT
+		what = "a symbolic link to a regular file"
+		if mode == unix.S_IFDIR {
+			what = "a symbolic link to a directory"
+		} else if mode != unix.S_IFREG {
+			what = "a symbolic link to a special file"
+		}
+	} else if mode != unix.S_IFREG && mode != unix.S_IFDIR {
+		return nil // Sockets, FIFOs and devices are left out.
+	}
+	switch {
+	case s.kind == outputFile && mode != unix.S_IFREG:
+		return status.Errorf(codes.FailedPrecondition, "Output file %q is %s, not a regular file (list directories in output_directories, or use output_paths)", s.name, what)
+	case s.kind == outputDirectory && mode != unix.S_IFDIR:
+		return status.Errorf(codes.FailedPrecondition, "Output directory %q is %s, not a directory (list files in output_files, or use output_paths)", s.name, what)
+	}
+	return nil
+}
+
+// checkSymlinkTarget refuses an output symlink with an absolute target with
+// FAILED_PRECONDITION: the scheduler advertises SymlinkAbsolutePathStrategy DISALLOWED, under
+// which REAPI says that "a FAILED_PRECONDITION will be returned". A worker that allows escaping
+// input symlinks allows these too.
+func (c *outputCollector) checkSymlinkTarget(name, target string) error {
+	if !c.absoluteSymlinks && strings.HasPrefix(target, "/") {
+		return status.Errorf(codes.FailedPrecondition, "Output symlink %q has the absolute target %q, which this server does not accept (SymlinkAbsolutePathStrategy DISALLOWED): make it relative", name, target)
+	}
+	return nil
+}
+
 func wrapOutput(err error, name string) error {
 	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
-		return wrap(err, "Failed to collect output %q", name)
+		return rpcstatus.Wrap(err, "Failed to collect output %q", name)
 	}
 	return status.Errorf(codes.Internal, "Failed to collect output %q: %v", name, err)
 }
@@ -346,6 +412,9 @@ func (tb *treeBuilder) walk(fd int, rel string) (*repb.Directory, error) {
 		case unix.S_IFLNK:
 			target, err := readlinkat(fd, name)
 			if err != nil {
+				return nil, err
+			}
+			if err := tb.c.checkSymlinkTarget(childRel, target); err != nil {
 				return nil, err
 			}
 			dir.Symlinks = append(dir.Symlinks, &repb.SymlinkNode{Name: name, Target: target})

@@ -1,12 +1,16 @@
 package runner_test
 
 import (
+	"context"
+	"fmt"
 	"os"
-	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
@@ -19,7 +23,7 @@ mkdir -p out/dir/sub out/dir/empty
 echo a > out/dir/a; echo b > out/dir/sub/b; echo a > out/dir/sub/a2
 ln -s a out/dir/rel
 printf x > out/file; chmod 755 out/file
-ln -s /etc/passwd out/link
+ln -s ../in/data out/link
 cat in/data > out/copy`, "out/file", "out/dir", "out/link", "out/missing", "out/copy")
 	res := f.mustRun(cmd, map[string]entry{"in/data": {content: "input data"}})
 
@@ -47,7 +51,7 @@ cat in/data > out/copy`, "out/file", "out/dir", "out/link", "out/missing", "out/
 			t.Errorf("output %s not uploaded", w.Path)
 		}
 	}
-	if got := res.GetOutputSymlinks(); len(got) != 1 || !proto.Equal(got[0], &repb.OutputSymlink{Path: "out/link", Target: "/etc/passwd"}) {
+	if got := res.GetOutputSymlinks(); len(got) != 1 || !proto.Equal(got[0], &repb.OutputSymlink{Path: "out/link", Target: "../in/data"}) {
 		t.Errorf("output symlinks = %v", got)
 	}
 	if len(res.GetOutputFileSymlinks())+len(res.GetOutputDirectorySymlinks()) != 0 {
@@ -114,10 +118,9 @@ func TestRunOldStyleOutputs(t *testing.T) {
 		Arguments: []string{"/bin/sh", "-c", `echo f > deep/nested/f
 mkdir d; echo x > d/x
 ln -s f deep/nested/flink
-ln -s d dlink
-echo notadir > filenotdir`},
-		OutputFiles:       []string{"deep/nested/f", "deep/nested/flink", "d"},
-		OutputDirectories: []string{"d", "dlink", "filenotdir", "nothere/dir"},
+ln -s d dlink`},
+		OutputFiles:       []string{"deep/nested/f", "deep/nested/flink", "absent"},
+		OutputDirectories: []string{"d", "dlink", "nothere/dir"},
 	}
 	res := f.mustRun(cmd, nil)
 	if got := res.GetOutputFiles(); len(got) != 1 || got[0].GetPath() != "deep/nested/f" {
@@ -159,21 +162,59 @@ func TestRunDirectoryOnlyFormat(t *testing.T) {
 	}
 }
 
+// An output_directory_format the worker does not know is read as TREE_ONLY (REAPI: the worker
+// "SHOULD interpret this field as TREE_ONLY"), so the directory still reaches the client.
+func TestRunUnknownDirectoryFormatIsTreeOnly(t *testing.T) {
+	f := newFixture(t, nil)
+	cmd := shell("mkdir -p o/s; echo 1 > o/s/f", "o")
+	cmd.OutputDirectoryFormat = repb.Command_OutputDirectoryFormat(42)
+	od := f.mustRun(cmd, nil).GetOutputDirectories()[0]
+	if od.GetTreeDigest() == nil || od.GetRootDirectoryDigest() != nil {
+		t.Fatalf("unknown format gave %v, want a tree digest only", od)
+	}
+	var tree repb.Tree
+	f.cas.getMessage(t, od.GetTreeDigest(), &tree)
+	if len(tree.GetChildren()) != 1 || tree.GetChildren()[0].GetFiles()[0].GetName() != "f" {
+		t.Fatalf("tree = %v", &tree)
+	}
+}
+
 func TestRunSymlinkOutputPointingOutsideIsNotFollowed(t *testing.T) {
 	f := newFixture(t, nil)
-	secret := filepath.Join(t.TempDir(), "secret")
-	os.WriteFile(secret, []byte("secret"), 0o600)
-	res := f.mustRun(shell("ln -s "+secret+" out; mkdir d; ln -s "+secret+" d/s", "out", "d"), nil)
-	if got := res.GetOutputSymlinks(); len(got) != 1 || got[0].GetTarget() != secret {
+	secret, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Skip(err)
+	}
+	const outside = "../../../../../../../../../../../../../../../../etc/passwd"
+	res := f.mustRun(shell("ln -s "+outside+" out; mkdir d; ln -s "+outside+" d/s", "out", "d"), nil)
+	if got := res.GetOutputSymlinks(); len(got) != 1 || got[0].GetTarget() != outside {
 		t.Errorf("symlinks = %v", got)
 	}
 	var tree repb.Tree
 	f.cas.getMessage(t, res.GetOutputDirectories()[0].GetTreeDigest(), &tree)
-	if s := tree.GetRoot().GetSymlinks(); len(s) != 1 || s[0].GetTarget() != secret || len(tree.GetRoot().GetFiles()) != 0 {
+	if s := tree.GetRoot().GetSymlinks(); len(s) != 1 || s[0].GetTarget() != outside || len(tree.GetRoot().GetFiles()) != 0 {
 		t.Errorf("tree root = %v", tree.GetRoot())
 	}
-	if f.cas.uploadsOf(digest.FromBytes([]byte("secret"))) != 0 {
+	if f.cas.uploadsOf(digest.FromBytes(secret)) != 0 {
 		t.Error("the symlink target's content was uploaded")
+	}
+}
+
+// The scheduler advertises SymlinkAbsolutePathStrategy DISALLOWED: "If an action tries to
+// create an output symlink with an absolute target, a FAILED_PRECONDITION will be returned",
+// whether the symlink is an output itself or inside an output directory.
+func TestRunAbsoluteOutputSymlinkIsFailedPrecondition(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, tc := range []struct {
+		script, output, name string
+	}{
+		{"ln -s /etc/passwd link", "link", "link"},
+		{"mkdir d; ln -s /etc d/abs", "d", "d/abs"},
+	} {
+		_, err := f.run(context.Background(), shell(tc.script, tc.output), nil, 0)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), fmt.Sprintf("Output symlink %q has the absolute target", tc.name)) {
+			t.Errorf("%s: %v, want FAILED_PRECONDITION naming %s", tc.script, err, tc.name)
+		}
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // Defaults for the zero values of Config fields.
@@ -287,11 +288,11 @@ func (r *Runner) now() *timestamppb.Timestamp { return timestamppb.New(r.clock.N
 func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Action, md *repb.ExecutedActionMetadata) (*repb.ActionResult, error) {
 	cmdDigest, err := digest.FromProto(action.GetCommandDigest())
 	if err != nil {
-		return nil, wrap(err, "Invalid command digest")
+		return nil, rpcstatus.Wrap(err, "Invalid command digest")
 	}
 	rootDigest, err := digest.FromProto(action.GetInputRootDigest())
 	if err != nil {
-		return nil, wrap(err, "Invalid input root digest")
+		return nil, rpcstatus.Wrap(err, "Invalid input root digest")
 	}
 	var timeout time.Duration
 	if t := action.GetTimeout(); t != nil {
@@ -314,6 +315,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 	if err != nil {
 		return nil, err
 	}
+	outs.absoluteSymlinks = r.cfg.AllowEscapingSymlinks
 	iso := isolation{user: r.cfg.RunAs, namespaces: r.cfg.Sandbox == SandboxNamespaces, networkOff: wantsNetworkOff(action, cmd), hide: r.hide}
 	if iso.networkOff && !iso.namespaces {
 		return nil, status.Error(codes.InvalidArgument, "The action asks for network=off, but this worker runs actions without a sandbox (--sandbox=namespaces) and cannot turn the network off")
@@ -341,7 +343,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 	if err := r.inputs.materialize(ctx, ps, rootDigest, dir.root); err != nil {
 		return nil, err
 	}
-	if err := dir.mkdirAll(workDir); err != nil {
+	if err := dir.checkWorkingDirectory(workDir); err != nil {
 		return nil, err
 	}
 	if err := outs.createParents(dir); err != nil {
@@ -385,7 +387,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 		s.set(d.Proto())
 	}
 	if err := r.cas.upload(ctx, blobs); err != nil {
-		return nil, wrap(err, "Failed to upload outputs")
+		return nil, rpcstatus.Wrap(err, "Failed to upload outputs")
 	}
 	md.OutputUploadCompletedTimestamp = r.now()
 	if pr.timedOut {
@@ -418,7 +420,7 @@ func (r *Runner) fetchCommand(ctx context.Context, d digest.Digest) (*repb.Comma
 	}
 	blobs, err := r.cas.readBlobs(ctx, []digest.Digest{d})
 	if err != nil {
-		return nil, wrap(err, "Failed to fetch command %s", d)
+		return nil, rpcstatus.Wrap(err, "Failed to fetch command %s", d)
 	}
 	cmd := &repb.Command{}
 	if err := proto.Unmarshal(blobs[d], cmd); err != nil {

@@ -184,11 +184,28 @@ func TestRunWorkingDirectory(t *testing.T) {
 	if got := res.GetOutputFiles(); len(got) != 1 || got[0].GetPath() != "out/o" {
 		t.Errorf("outputs = %v", got)
 	}
-	// A working directory absent from the input root is created.
-	cmd.WorkingDirectory = "made/here"
-	res = f.mustRun(cmd, nil)
-	if !strings.Contains(f.stdout(res), "/root/made/here\n") {
-		t.Errorf("stdout = %q", f.stdout(res))
+}
+
+// Command.working_directory "must be a directory which exists in the input tree": one that is
+// absent, or a file, is refused with INVALID_ARGUMENT and the command never runs.
+func TestRunWorkingDirectoryMustExistInTheInputTree(t *testing.T) {
+	f := newFixture(t, nil)
+	inputs := map[string]entry{"nope/file": {content: "x"}, "dir/sub/in": {content: "y"}}
+	for _, tc := range []struct{ wd, what string }{
+		{"nope/deeper", "absent"},
+		{"nope/file", "a file"},
+	} {
+		cmd := shell(`pwd`)
+		cmd.WorkingDirectory = tc.wd
+		_, err := f.run(context.Background(), cmd, inputs, 0)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "must exist in the input tree") {
+			t.Errorf("working directory %s (%q): %v, want INVALID_ARGUMENT", tc.what, tc.wd, err)
+		}
+	}
+	cmd := shell(`pwd`)
+	cmd.WorkingDirectory = "dir/sub"
+	if res := f.mustRun(cmd, inputs); !strings.HasSuffix(f.stdout(res), "/root/dir/sub\n") {
+		t.Errorf("existing working directory: stdout %q", f.stdout(res))
 	}
 }
 

@@ -4,17 +4,18 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // maxMessageBlob bounds the size of an Action, Command or Directory blob the scheduler reads.
@@ -36,7 +37,7 @@ func (s *Scheduler) checkAction(ctx context.Context, d digest.Digest) (*checkedA
 	var action repb.Action
 	if err := s.readMessage(ctx, d, &action, "Action"); err != nil {
 		if status.Code(err) == codes.NotFound {
-			return nil, missingError(d, []digest.Digest{d})
+			return nil, rpcstatus.Missing(fmt.Sprintf("Action %s: 1 blob(s) missing from the CAS", d), []digest.Digest{d})
 		}
 		return nil, err
 	}
@@ -82,7 +83,9 @@ func (s *Scheduler) checkAction(ctx context.Context, d digest.Digest) (*checkedA
 		return nil, err
 	}
 	if len(missing) > 0 {
-		return nil, missingError(d, missing)
+		slices.SortFunc(missing, func(a, b digest.Digest) int { return strings.Compare(a.Hash, b.Hash) })
+		missing = slices.Compact(missing)
+		return nil, rpcstatus.Missing(fmt.Sprintf("Action %s: %d blob(s) missing from the CAS", d, len(missing)), missing)
 	}
 	return &checkedAction{action: &action, command: &command}, nil
 }
@@ -147,7 +150,7 @@ func (s *Scheduler) checkTree(ctx context.Context, root digest.Digest) ([]digest
 		n := min(len(files), findMissingBatch)
 		m, err := s.cas.FindMissing(ctx, files[:n])
 		if err != nil {
-			return nil, wrapStatus(err, "Failed to look up input files")
+			return nil, rpcstatus.Wrap(err, "Failed to look up input files")
 		}
 		missing = append(missing, m...)
 		files = files[n:]
@@ -164,12 +167,12 @@ func (s *Scheduler) readMessage(ctx context.Context, d digest.Digest, m proto.Me
 	if !d.IsEmpty() {
 		r, err := s.cas.Get(ctx, d, 0, 0)
 		if err != nil {
-			return wrapStatus(err, fmt.Sprintf("Failed to read %s %s", what, d))
+			return rpcstatus.Wrap(err, "Failed to read %s %s", what, d)
 		}
 		b, err = io.ReadAll(io.LimitReader(r, d.Size+1))
 		r.Close()
 		if err != nil {
-			return wrapStatus(err, fmt.Sprintf("Failed to read %s %s", what, d))
+			return rpcstatus.Wrap(err, "Failed to read %s %s", what, d)
 		}
 		if int64(len(b)) != d.Size {
 			return status.Errorf(codes.Internal, "Failed to read %s %s: got %d bytes", what, d, len(b))
@@ -219,6 +222,11 @@ func checkCommand(d digest.Digest, c *repb.Command) error {
 	if len(c.Arguments) == 0 {
 		return status.Errorf(codes.InvalidArgument, "Command %s has no arguments", d)
 	}
+	// REAPI: "If a property is not recognized by the server, the server will return an
+	// INVALID_ARGUMENT." buildfleet recognizes none.
+	if len(c.OutputNodeProperties) > 0 {
+		return status.Errorf(codes.InvalidArgument, "Command %s asks for output node property %q, which this server does not recognize", d, c.OutputNodeProperties[0])
+	}
 	check := func(kind, p string) error {
 		if strings.HasPrefix(p, "/") {
 			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: absolute path", kind, p, d)
@@ -254,30 +262,4 @@ func checkCommand(d digest.Digest, c *repb.Command) error {
 		}
 	}
 	return nil
-}
-
-// missingError is the FAILED_PRECONDITION clients re-upload on.
-func missingError(action digest.Digest, missing []digest.Digest) error {
-	pf := &errdetails.PreconditionFailure{}
-	seen := map[digest.Digest]bool{}
-	for _, d := range missing {
-		if seen[d] {
-			continue
-		}
-		seen[d] = true
-		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
-			Type: "MISSING", Subject: d.MissingSubject(),
-		})
-	}
-	st := status.Newf(codes.FailedPrecondition, "Action %s: %d blob(s) missing from the CAS", action, len(pf.Violations))
-	if withDetails, err := st.WithDetails(pf); err == nil {
-		st = withDetails
-	}
-	return st.Err()
-}
-
-// wrapStatus prefixes err's message, keeping its gRPC code.
-func wrapStatus(err error, prefix string) error {
-	st := status.Convert(err)
-	return status.Errorf(st.Code(), "%s: %s", prefix, st.Message())
 }

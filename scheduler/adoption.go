@@ -257,7 +257,7 @@ func (s *Scheduler) adoptedLocked(key actionKey) *operation {
 	if op == nil {
 		return nil
 	}
-	if s.ops[op.name] != op || op.err != nil || op.response.GetStatus().GetCode() != int32(codes.OK) {
+	if s.ops[op.name] != op || op.response.GetStatus().GetCode() != int32(codes.OK) {
 		delete(s.adopt.ops, key)
 		return nil
 	}

@@ -101,7 +101,7 @@ func (s *Scheduler) finish(ctx context.Context, cs []*completion) {
 		if c.response.Status.GetCode() != int32(codes.OK) {
 			outcome = "failed"
 		}
-		s.publishLocked(c.op, c.response, nil, outcome)
+		s.publishLocked(c.op, c.response, outcome)
 	}
 }
 
@@ -113,10 +113,10 @@ func (s *Scheduler) failLocked(op *operation, code codes.Code, msg string, detai
 		Status:  &spb.Status{Code: int32(code), Message: msg, Details: details},
 		Message: msg,
 	}
-	s.publishLocked(op, resp, nil, "failed")
+	s.publishLocked(op, resp, "failed")
 }
 
-// cancelLocked finishes op with CANCELLED: a queued op leaves the queue, a leased one's lease
+// cancelLocked finishes op with CANCELLED (in ExecuteResponse.status): a queued op leaves the queue, a leased one's lease
 // vanishes from its bot's next reply. A finished or finishing op is left alone.
 func (s *Scheduler) cancelLocked(op *operation) {
 	if op.done || op.finishing {
@@ -128,11 +128,11 @@ func (s *Scheduler) cancelLocked(op *operation) {
 	}
 	s.dequeueLocked(op)
 	s.revokeLocked(op)
-	s.publishLocked(op, nil, &spb.Status{Code: int32(codes.Canceled), Message: "Operation " + op.name + " was cancelled"}, "cancelled")
+	s.publishLocked(op, cancelledResponse(op.name), "cancelled")
 }
 
-// publishLocked marks op done with resp or err and wakes its watchers.
-func (s *Scheduler) publishLocked(op *operation, resp *repb.ExecuteResponse, err *spb.Status, outcome string) {
+// publishLocked marks op done with resp and wakes its watchers.
+func (s *Scheduler) publishLocked(op *operation, resp *repb.ExecuteResponse, outcome string) {
 	if op.done {
 		return
 	}
@@ -140,7 +140,6 @@ func (s *Scheduler) publishLocked(op *operation, resp *repb.ExecuteResponse, err
 	op.finishing = false
 	op.stage = repb.ExecutionStage_COMPLETED
 	op.response = resp
-	op.err = err
 	op.unmatchedGen++
 	key := actionKey{op.instance, op.action}
 	if s.inFlight[key] == op {

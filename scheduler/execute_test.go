@@ -142,11 +142,16 @@ func TestSkipCacheLookup(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// skip_cache_lookup false: answered from the cache at once.
+	// skip_cache_lookup false: answered from the cache at once, for one existence check of
+	// its outputs (the completeness-checking action cache's; nobody checks them again).
+	checks := e.cas.existenceChecks()
 	s := e.execute(&repb.ExecuteRequest{InstanceName: "ci", ActionDigest: d.Proto()})
 	resp := responseOf(t, recvDone(t, s))
 	if !resp.CachedResult || !proto.Equal(resp.Result, cachedResult) {
 		t.Fatalf("cache hit response %v", resp)
+	}
+	if n := e.cas.existenceChecks() - checks; n != 1 {
+		t.Fatalf("a cache hit cost %d FindMissing calls, want 1", n)
 	}
 
 	// skip_cache_lookup true (what Pants always sends): executed.
@@ -290,6 +295,7 @@ func TestInvalidRequestsAreRejected(t *testing.T) {
 		{"absolute output path", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputPaths: []string{"/etc/passwd"}}).Proto()}, "absolute path"},
 		{"escaping output file", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputFiles: []string{"a/../../b"}}).Proto()}, "contains '..'"},
 		{"escaping output directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputDirectories: []string{".."}}).Proto()}, "contains '..'"},
+		{"unrecognized output node property", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputNodeProperties: []string{"mtime"}}).Proto()}, `output node property "mtime"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

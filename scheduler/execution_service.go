@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // executionService is the REAPI Execution service of a Scheduler.
@@ -182,36 +183,15 @@ func (s *Scheduler) joinLocked(op *operation) string {
 	return name
 }
 
-// cacheLookup returns a finished operation for an action cache hit whose outputs are all still
-// in the CAS, or nil.
+// cacheLookup returns a finished operation for an action cache hit, or nil. That the hit's
+// outputs are all still in the CAS is the action cache's to check: cmd/scheduler gives the
+// scheduler the completeness-checking one, so a hit costs one existence check.
 func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 	result, err := s.ac.Get(ctx, a.instance, a.action)
 	if err != nil {
 		if status.Code(err) != codes.NotFound {
 			s.log.Warn().Err(err).Str("action_digest", a.action.String()).Msg("Action cache lookup failed; executing")
 		}
-		return nil
-	}
-	var outputs []digest.Digest
-	add := func(p *repb.Digest) {
-		if p == nil {
-			return
-		}
-		if d, err := digest.FromProto(p); err == nil {
-			outputs = append(outputs, d)
-		}
-	}
-	for _, f := range result.OutputFiles {
-		add(f.Digest)
-	}
-	for _, dir := range result.OutputDirectories {
-		add(dir.TreeDigest)
-	}
-	add(result.StdoutDigest)
-	add(result.StderrDigest)
-	if missing, err := s.cas.FindMissing(ctx, outputs); err != nil || len(missing) > 0 {
-		s.log.Info().Str("action_digest", a.action.String()).Int("missing_outputs", len(missing)).
-			Msg("Action cache hit with outputs missing from the CAS; executing")
 		return nil
 	}
 	s.enter()
@@ -232,7 +212,7 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 		names:    []string{name},
 	}
 	s.ops[name] = op
-	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, nil, "cached")
+	s.publishLocked(op, &repb.ExecuteResponse{Result: result, CachedResult: true, Message: "Action cache hit."}, "cached")
 	return op
 }
 
@@ -254,7 +234,7 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 	}
 	missing, err := s.cas.FindMissing(ctx, []digest.Digest{n.action})
 	if err != nil {
-		return nil, wrapStatus(err, "Failed to look up action "+n.action.String())
+		return nil, rpcstatus.Wrap(err, "Failed to look up action %s", n.action)
 	}
 	if len(missing) > 0 {
 		return nil, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)

@@ -27,12 +27,15 @@ import (
 	"github.com/buildfleet/buildfleet/internal/digest"
 	rwpb "github.com/buildfleet/buildfleet/proto/remoteworkers/v1test2"
 	"github.com/buildfleet/buildfleet/scheduler"
+	"github.com/buildfleet/buildfleet/storage"
 )
 
 // memCAS is an in-memory storage.BlobStore.
 type memCAS struct {
 	mu    sync.Mutex
 	blobs map[digest.Digest][]byte
+	// findMissingCalls counts FindMissing calls (existence checks).
+	findMissingCalls int
 }
 
 func newMemCAS() *memCAS { return &memCAS{blobs: map[digest.Digest][]byte{}} }
@@ -71,6 +74,7 @@ func (c *memCAS) Put(ctx context.Context, d digest.Digest, r io.Reader) error {
 func (c *memCAS) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.findMissingCalls++
 	var out []digest.Digest
 	for _, d := range ds {
 		if _, ok := c.blobs[d]; !ok && !d.IsEmpty() {
@@ -96,6 +100,12 @@ func (c *memCAS) putMessage(t testing.TB, m proto.Message) digest.Digest {
 		t.Fatal(err)
 	}
 	return c.put(t, b)
+}
+
+func (c *memCAS) existenceChecks() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.findMissingCalls
 }
 
 func (c *memCAS) delete(d digest.Digest) {
@@ -168,7 +178,8 @@ func (e *env) start(cfg scheduler.Config) {
 	}
 	e.reg = prometheus.NewRegistry()
 	logger := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	e.sched = scheduler.New(cfg, e.cas, e.ac, e.clk, logger, e.reg)
+	// Composed as cmd/scheduler composes it: the completeness check decorates the action cache.
+	e.sched = scheduler.New(cfg, e.cas, storage.NewCompletenessCheckingActionCache(e.ac, e.cas), e.clk, logger, e.reg)
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
 	e.sched.Register(srv)
@@ -313,11 +324,21 @@ func responseOf(t testing.TB, op *longrunningpb.Operation) *repb.ExecuteResponse
 	if !op.Done {
 		t.Fatalf("operation %s not done", op.Name)
 	}
+	if op.GetError() != nil {
+		t.Fatalf("operation %s ended with Operation.error %v; REAPI puts every outcome in ExecuteResponse.status", op.Name, op.GetError())
+	}
 	var resp repb.ExecuteResponse
 	if err := op.GetResponse().UnmarshalTo(&resp); err != nil {
 		t.Fatalf("response of %s (%v): %v", op.Name, op.Result, err)
 	}
 	return &resp
+}
+
+// cancelled reports whether op ended CANCELLED, in its ExecuteResponse.status (failing the test
+// if it carries Operation.error instead).
+func cancelled(t testing.TB, op *longrunningpb.Operation) bool {
+	t.Helper()
+	return codes.Code(responseOf(t, op).GetStatus().GetCode()) == codes.Canceled
 }
 
 // bot drives one bot session through the Bots client.

@@ -50,8 +50,10 @@ type operation struct {
 	finishing bool
 	done      bool
 	doneAt    time.Time
-	response  *repb.ExecuteResponse
-	err       *spb.Status
+	// response is the outcome of a done operation. Every ending, errors included (cancel,
+	// timeout, lost workers, unmatched platform), is an ExecuteResponse with its status set:
+	// REAPI forbids setting Operation.error on an Execute operation.
+	response *repb.ExecuteResponse
 	// changed is closed and replaced on every change watchers should see.
 	changed chan struct{}
 	// names are all names mapped to this operation; leaseIDs all leases ever issued for it.
@@ -83,17 +85,23 @@ func (op *operation) proto(name string) *longrunningpb.Operation {
 		DigestFunction: repb.DigestFunction_SHA256,
 	})
 	p := &longrunningpb.Operation{Name: name, Metadata: md, Done: op.done}
-	switch {
-	case !op.done && op.cancelled[name]:
+	resp := op.response
+	if !op.done && op.cancelled[name] {
 		p.Done = true
-		p.Result = &longrunningpb.Operation_Error{Error: &spb.Status{Code: int32(codes.Canceled), Message: "Operation " + name + " was cancelled"}}
-	case op.err != nil:
-		p.Result = &longrunningpb.Operation_Error{Error: op.err}
-	case op.response != nil:
-		resp, _ := anypb.New(op.response)
-		p.Result = &longrunningpb.Operation_Response{Response: resp}
+		resp = cancelledResponse(name)
+	}
+	if p.Done && resp != nil {
+		a, _ := anypb.New(resp)
+		p.Result = &longrunningpb.Operation_Response{Response: a}
 	}
 	return p
+}
+
+// cancelledResponse is the outcome of an operation its client cancelled: CANCELLED in
+// ExecuteResponse.status, never in Operation.error.
+func cancelledResponse(name string) *repb.ExecuteResponse {
+	msg := "Operation " + name + " was cancelled"
+	return &repb.ExecuteResponse{Status: &spb.Status{Code: int32(codes.Canceled), Message: msg}, Message: msg}
 }
 
 // cancelName records that the client watching op by name cancelled it, and reports whether

@@ -111,7 +111,7 @@ func TestCancelQueuedOperation(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := recvDone(t, s)
-	if done.GetError().GetCode() != int32(codes.Canceled) {
+	if !cancelled(t, done) {
 		t.Fatalf("cancelled operation %v", done)
 	}
 	if _, reply := e.newBot("bot", 1); len(reply.Leases) != 0 {
@@ -145,13 +145,13 @@ func TestCancelRunningOperationWithdrawsItsLease(t *testing.T) {
 	if r := <-ch; r == nil || len(r.Leases) != 0 {
 		t.Fatalf("reply after cancel %v, want no leases", r)
 	}
-	if done := recvDone(t, s); done.GetError().GetCode() != int32(codes.Canceled) {
+	if done := recvDone(t, s); !cancelled(t, done) {
 		t.Fatalf("operation %v", done)
 	}
 	// A result arriving anyway is ignored.
 	b.update(completed(t, id, &repb.ActionResult{}, codes.OK))
 	got, err := e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: op.Name})
-	if err != nil || got.GetError().GetCode() != int32(codes.Canceled) {
+	if err != nil || !cancelled(t, got) {
 		t.Fatalf("GetOperation %v, %v", got, err)
 	}
 }
@@ -256,7 +256,7 @@ func TestCancelOfOneJoinedClientLeavesTheOthers(t *testing.T) {
 	if _, err := e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: op1.Name}); err != nil {
 		t.Fatal(err)
 	}
-	if done := recvDone(t, s1); done.GetError().GetCode() != int32(codes.Canceled) || done.Name != op1.Name {
+	if done := recvDone(t, s1); !cancelled(t, done) || done.Name != op1.Name {
 		t.Fatalf("cancelling client's operation %v", done)
 	}
 	if r := b.update(active(id)); len(r.Leases) != 1 {
@@ -281,7 +281,7 @@ func TestCancelOfOneJoinedClientLeavesTheOthers(t *testing.T) {
 		}
 	}
 	for _, s := range []repb.Execution_ExecuteClient{s3, s4} {
-		if done := recvDone(t, s); done.GetError().GetCode() != int32(codes.Canceled) {
+		if done := recvDone(t, s); !cancelled(t, done) {
 			t.Fatalf("after both cancels: %v", done)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // maxInlineBytes bounds the stdout, stderr and output file contents inlined into one
@@ -40,7 +41,7 @@ func (a *actionCacheServer) GetActionResult(ctx context.Context, req *repb.GetAc
 		if status.Code(err) == codes.NotFound {
 			return nil, err
 		}
-		err = wrapError(err, codes.Internal, "Failed to get action result for %s", d)
+		err = rpcstatus.WrapCode(err, codes.Internal, "Failed to get action result for %s", d)
 		logRPCError(a.opts.Logger, err, "GetActionResult failed")
 		return nil, err
 	}
@@ -48,6 +49,11 @@ func (a *actionCacheServer) GetActionResult(ctx context.Context, req *repb.GetAc
 	budget := int64(maxInlineBytes)
 	inline := func(p *repb.Digest) []byte {
 		if p == nil || p.GetSizeBytes() > budget || p.GetSizeBytes() == 0 {
+			return nil
+		}
+		// REAPI: inlining MUST be omitted where it would make the answer exceed the message
+		// size limit (16 bytes cover the field's tag and the growth of length prefixes).
+		if int64(proto.Size(result))+p.GetSizeBytes()+16 > int64(a.opts.maxAnswerBytes()) {
 			return nil
 		}
 		d, err := digest.FromProto(p)
@@ -101,7 +107,7 @@ func (a *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 	}
 	result := proto.Clone(req.GetActionResult()).(*repb.ActionResult)
 	if err := a.internalize(ctx, result); err != nil {
-		return nil, wrapError(err, codes.InvalidArgument, "Failed to update action result for %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.InvalidArgument, "Failed to update action result for %s", d)
 	}
 	if err := a.ac.Put(ctx, req.GetInstanceName(), d, result); err != nil {
 		logRPCError(a.opts.Logger, err, "UpdateActionResult failed")
@@ -118,7 +124,7 @@ func (a *actionCacheServer) internalize(ctx context.Context, result *repb.Action
 			return err
 		}
 		if _, err := digest.FromProto(f.GetDigest()); err != nil {
-			return wrapError(err, codes.InvalidArgument, "output file %q", f.GetPath())
+			return rpcstatus.WrapCode(err, codes.InvalidArgument, "output file %q", f.GetPath())
 		}
 		if len(f.Contents) > 0 {
 			if err := a.storeInline(ctx, f.GetDigest(), f.Contents, "output file "+f.GetPath()); err != nil {
@@ -132,11 +138,11 @@ func (a *actionCacheServer) internalize(ctx context.Context, result *repb.Action
 			return err
 		}
 		if _, err := digest.FromProto(dir.GetTreeDigest()); err != nil {
-			return wrapError(err, codes.InvalidArgument, "output directory %q", dir.GetPath())
+			return rpcstatus.WrapCode(err, codes.InvalidArgument, "output directory %q", dir.GetPath())
 		}
 		if dir.GetRootDirectoryDigest() != nil {
 			if _, err := digest.FromProto(dir.GetRootDirectoryDigest()); err != nil {
-				return wrapError(err, codes.InvalidArgument, "root directory of output directory %q", dir.GetPath())
+				return rpcstatus.WrapCode(err, codes.InvalidArgument, "root directory of output directory %q", dir.GetPath())
 			}
 		}
 	}
@@ -163,7 +169,7 @@ func (a *actionCacheServer) internalize(ctx context.Context, result *repb.Action
 func (a *actionCacheServer) internalizeLog(ctx context.Context, p *repb.Digest, raw []byte, what string) (*repb.Digest, error) {
 	if p != nil {
 		if _, err := digest.FromProto(p); err != nil {
-			return nil, wrapError(err, codes.InvalidArgument, "%s digest", what)
+			return nil, rpcstatus.WrapCode(err, codes.InvalidArgument, "%s digest", what)
 		}
 	}
 	if len(raw) == 0 {

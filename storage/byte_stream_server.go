@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // readChunkSize is the size of the data of each ByteStream ReadResponse.
@@ -67,7 +68,7 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 	}
 	r, err := b.cas.Get(stream.Context(), d, req.GetReadOffset(), req.GetReadLimit())
 	if err != nil {
-		return wrapError(err, codes.Internal, "Failed to read blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
 	}
 	defer r.Close()
 	sender := &chunkSender{stream: stream}
@@ -87,7 +88,7 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 		err = sender.copyFrom(r)
 	}
 	if err != nil {
-		return wrapError(err, codes.Internal, "Failed to read blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
 	}
 	return nil
 }
@@ -161,7 +162,7 @@ func (b *byteStreamServer) QueryWriteStatus(ctx context.Context, req *bspb.Query
 	}
 	missing, err := b.cas.FindMissing(ctx, []digest.Digest{rn.Digest})
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to query write status of blob %s", rn.Digest)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to query write status of blob %s", rn.Digest)
 	}
 	if len(missing) == 0 {
 		return &bspb.QueryWriteStatusResponse{CommittedSize: completeSize(rn), Complete: true}, nil
@@ -203,7 +204,7 @@ func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
 		return err
 	}
 	if missing, err := b.cas.FindMissing(ctx, []digest.Digest{d}); err != nil {
-		return wrapError(err, codes.Internal, "Failed to write blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", d)
 	} else if len(missing) == 0 {
 		// Already stored: no need for the rest of the data.
 		if u, err := b.uploads.acquire(ctx, name); err == nil && u != nil {
@@ -273,7 +274,7 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 			err := u.finish(stream.Context(), b.cas)
 			b.uploads.remove(u)
 			if err != nil {
-				return wrapError(err, codes.Internal, "Failed to write blob %s", d)
+				return rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", d)
 			}
 			return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: committed})
 		}
@@ -281,7 +282,13 @@ func (b *byteStreamServer) feed(stream bspb.ByteStream_WriteServer, u *upload, r
 		if err != nil {
 			b.uploads.park(u)
 			if errors.Is(err, io.EOF) {
-				return status.Errorf(codes.InvalidArgument, "Failed to write blob %s: stream ended after %d bytes without finish_write", d, committed)
+				// Half-closed without finish_write: ByteStream answers with what was committed;
+				// the upload stays incomplete and resumable. Compressed uploads cannot resume
+				// (park drops them), so nothing of theirs stays committed.
+				if !identity {
+					committed = 0
+				}
+				return stream.SendAndClose(&bspb.WriteResponse{CommittedSize: committed})
 			}
 			return err
 		}

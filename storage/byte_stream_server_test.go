@@ -253,8 +253,10 @@ func TestByteStreamResumedWrite(t *testing.T) {
 	}
 	// The first stream ends after 400 KiB without finish_write.
 	half := int64(400 << 10)
-	_, err = writeChunks(ctx, e.bs, name, data[:half], 0, 64<<10, false)
-	wantStatus(t, err, codes.InvalidArgument, fmt.Sprintf("Failed to write blob %s: stream ended after %d bytes without finish_write", d, half))
+	resp, err := writeChunks(ctx, e.bs, name, data[:half], 0, 64<<10, false)
+	if err != nil || resp.GetCommittedSize() != half {
+		t.Fatalf("Write half-closed without finish_write: %v, %v; want a WriteResponse with committed_size %d", resp, err, half)
+	}
 	q, err = e.bs.QueryWriteStatus(ctx, &bspb.QueryWriteStatusRequest{ResourceName: name})
 	if err != nil || q.GetCommittedSize() != half || q.GetComplete() {
 		t.Fatalf("QueryWriteStatus after interruption: %v, %v; want committed %d", q, err, half)
@@ -266,7 +268,7 @@ func TestByteStreamResumedWrite(t *testing.T) {
 	_, err = writeChunks(ctx, e.bs, name, data[1000:], 1000, 64<<10, true)
 	wantStatus(t, err, codes.InvalidArgument, fmt.Sprintf("Failed to write blob %s: write_offset 1000 does not match the committed size %d", d, half))
 	// Resuming at the committed size completes the blob.
-	resp, err := writeChunks(ctx, e.bs, name, data[half:], half, 64<<10, true)
+	resp, err = writeChunks(ctx, e.bs, name, data[half:], half, 64<<10, true)
 	if err != nil || resp.GetCommittedSize() != d.Size {
 		t.Fatalf("resumed write: %v, %v", resp, err)
 	}

@@ -10,11 +10,14 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
+	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 const (
@@ -24,6 +27,8 @@ const (
 	maxTreePageSize = 10000
 	// treePageTokenPrefix versions GetTree page tokens.
 	treePageTokenPrefix = "v1:"
+	// treePageTokenReserve is kept free in a GetTree page for its next_page_token.
+	treePageTokenReserve = 64
 )
 
 // casServer implements the REAPI ContentAddressableStorage service over a BlobStore.
@@ -65,7 +70,7 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 	}
 	missing, err := c.cas.FindMissing(ctx, ds)
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to find missing blobs")
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to find missing blobs")
 	}
 	resp := &repb.FindMissingBlobsResponse{MissingBlobDigests: make([]*repb.Digest, 0, len(missing))}
 	for _, d := range missing {
@@ -127,7 +132,7 @@ func (c *casServer) updateBlob(ctx context.Context, r *repb.BatchUpdateBlobsRequ
 		return status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content has digest %s", d, actual)
 	}
 	if err := c.cas.Put(ctx, d, bytes.NewReader(data)); err != nil {
-		return wrapError(err, codes.Internal, "Failed to store blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to store blob %s", d)
 	}
 	return nil
 }
@@ -151,6 +156,9 @@ func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobs
 	if total > c.opts.MaxBatchTotalSizeBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "Batch of %d blobs totals %d bytes, more than max_batch_total_size_bytes %d: read large blobs with ByteStream.Read", len(ds), total, c.opts.MaxBatchTotalSizeBytes)
 	}
+	if n := batchReadAnswerSize(ds); n > c.opts.maxAnswerBytes() {
+		return nil, status.Errorf(codes.InvalidArgument, "Batch of %d blobs would be answered by a %d-byte message, more than %d bytes: ask for fewer blobs per batch", len(ds), n, c.opts.maxAnswerBytes())
+	}
 	resp := &repb.BatchReadBlobsResponse{Responses: make([]*repb.BatchReadBlobsResponse_Response, len(ds))}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(batchParallelism)
@@ -164,19 +172,41 @@ func (c *casServer) BatchReadBlobs(ctx context.Context, req *repb.BatchReadBlobs
 		})
 	}
 	g.Wait()
+	if proto.Size(resp) > c.opts.maxAnswerBytes() {
+		// Only error messages can outgrow the prediction (a missing 1-byte blob's message is
+		// longer than its data): keep their codes, drop their text.
+		for _, r := range resp.Responses {
+			if r.Status.GetCode() != int32(codes.OK) {
+				r.Status.Message = ""
+			}
+		}
+	}
 	return resp, nil
+}
+
+// batchReadAnswerSize is the size of the BatchReadBlobsResponse holding every blob of ds.
+func batchReadAnswerSize(ds []digest.Digest) int {
+	n := 0
+	for _, d := range ds {
+		e := proto.Size(&repb.BatchReadBlobsResponse_Response{Digest: d.Proto(), Status: &spb.Status{}})
+		if d.Size > 0 {
+			e += 1 + protowire.SizeVarint(uint64(d.Size)) + int(d.Size)
+		}
+		n += 1 + protowire.SizeVarint(uint64(e)) + e
+	}
+	return n
 }
 
 // readBlob reads the whole of a small blob into memory.
 func readBlob(ctx context.Context, cas BlobStore, d digest.Digest) ([]byte, error) {
 	r, err := cas.Get(ctx, d, 0, 0)
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to read blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
 	}
 	defer r.Close()
 	data := make([]byte, d.Size)
 	if _, err := io.ReadFull(r, data); err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to read blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
 	}
 	return data, nil
 }
@@ -209,8 +239,8 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 		}
 		skip = n
 	}
-	// Keep each response well inside the message size clients accept.
-	maxBytes := int(c.opts.MaxBatchTotalSizeBytes)
+	// Every page, framing and next_page_token included, fits in the answer size clients accept.
+	maxBytes := c.opts.maxAnswerBytes() - treePageTokenReserve
 	seen := map[digest.Digest]bool{root: true}
 	queue := []digest.Digest{root}
 	var page []*repb.Directory
@@ -223,12 +253,12 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 			if status.Code(err) == codes.NotFound && d != root {
 				continue
 			}
-			return wrapError(err, codes.Internal, "Failed to get tree %s", root)
+			return rpcstatus.WrapCode(err, codes.Internal, "Failed to get tree %s", root)
 		}
 		for _, child := range dir.GetDirectories() {
 			cd, err := digest.FromProto(child.GetDigest())
 			if err != nil {
-				return wrapError(err, codes.InvalidArgument, "Failed to get tree %s: directory %s has an invalid child %q", root, d, child.GetName())
+				return rpcstatus.WrapCode(err, codes.InvalidArgument, "Failed to get tree %s: directory %s has an invalid child %q", root, d, child.GetName())
 			}
 			if !seen[cd] {
 				seen[cd] = true
@@ -239,11 +269,12 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 		if emitted <= skip {
 			continue
 		}
-		if len(page) > 0 && (len(page) >= pageSize || bytesInPage+int(d.Size) > maxBytes) {
+		entry := 1 + protowire.SizeVarint(uint64(d.Size)) + int(d.Size)
+		if len(page) > 0 && (len(page) >= pageSize || bytesInPage+entry > maxBytes) {
 			return stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: treePageTokenPrefix + strconv.Itoa(emitted-1)})
 		}
 		page = append(page, dir)
-		bytesInPage += int(d.Size)
+		bytesInPage += entry
 	}
 	if skip > 0 && emitted < skip {
 		return status.Errorf(codes.InvalidArgument, "Invalid page token %q: the tree has only %d directories", req.GetPageToken(), emitted)

@@ -6,12 +6,12 @@ import (
 	"io"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // maxTreeSize bounds the size of an output directory Tree blob read into memory to check it.
@@ -44,7 +44,7 @@ func (c *completenessCheckingActionCache) Get(ctx context.Context, instance stri
 		if code := status.Code(err); code == codes.NotFound || code == codes.InvalidArgument {
 			return nil, status.Errorf(codes.NotFound, "Action result for %s not found: %s", d, status.Convert(err).Message())
 		}
-		return nil, wrapError(err, codes.Internal, "Failed to check outputs of action result for %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to check outputs of action result for %s", d)
 	}
 	if len(missing) > 0 {
 		return nil, status.Errorf(codes.NotFound, "Action result for %s not found: output %s is no longer in the CAS", d, missing[0])
@@ -56,10 +56,10 @@ func (c *completenessCheckingActionCache) Get(ctx context.Context, instance stri
 func (c *completenessCheckingActionCache) Put(ctx context.Context, instance string, d digest.Digest, result *repb.ActionResult) error {
 	missing, err := c.missingOutputs(ctx, result)
 	if err != nil {
-		return wrapError(err, codes.Internal, "Failed to check outputs of action result for %s", d)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to check outputs of action result for %s", d)
 	}
 	if len(missing) > 0 {
-		return missingBlobsError(missing, fmt.Sprintf("Failed to store action result for %s: output blob %s is missing from the CAS", d, missing[0]))
+		return rpcstatus.Missing(fmt.Sprintf("Failed to store action result for %s: output blob %s is missing from the CAS", d, missing[0]), missing)
 	}
 	return c.ac.Put(ctx, instance, d, result)
 }
@@ -71,7 +71,7 @@ func (c *completenessCheckingActionCache) missingOutputs(ctx context.Context, re
 	add := func(p *repb.Digest, what string) (digest.Digest, error) {
 		d, err := digest.FromProto(p)
 		if err != nil {
-			return d, wrapError(err, codes.InvalidArgument, "Invalid digest of %s", what)
+			return d, rpcstatus.WrapCode(err, codes.InvalidArgument, "Invalid digest of %s", what)
 		}
 		ds = append(ds, d)
 		return d, nil
@@ -118,7 +118,7 @@ func (c *completenessCheckingActionCache) missingOutputs(ctx context.Context, re
 			for _, f := range dir.GetFiles() {
 				d, err := digest.FromProto(f.GetDigest())
 				if err != nil {
-					return nil, wrapError(err, codes.InvalidArgument, "Invalid digest of file %s in output tree %s", f.GetName(), t)
+					return nil, rpcstatus.WrapCode(err, codes.InvalidArgument, "Invalid digest of file %s in output tree %s", f.GetName(), t)
 				}
 				files = append(files, d)
 			}
@@ -137,33 +137,16 @@ func readTree(ctx context.Context, cas BlobStore, t digest.Digest) (*repb.Tree, 
 	}
 	r, err := cas.Get(ctx, t, 0, 0)
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to read output tree %s", t)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to read output tree %s", t)
 	}
 	defer r.Close()
 	b, err := io.ReadAll(r)
 	if err != nil {
-		return nil, wrapError(err, codes.Internal, "Failed to read output tree %s", t)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to read output tree %s", t)
 	}
 	tree := &repb.Tree{}
 	if err := proto.Unmarshal(b, tree); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "Output tree %s is not a valid Tree message: %v", t, err)
 	}
 	return tree, nil
-}
-
-// missingBlobsError returns FAILED_PRECONDITION with a PreconditionFailure of type MISSING for
-// each blob, the form REAPI clients act on by uploading the blobs and retrying.
-func missingBlobsError(missing []digest.Digest, msg string) error {
-	failure := &errdetails.PreconditionFailure{}
-	for _, d := range missing {
-		failure.Violations = append(failure.Violations, &errdetails.PreconditionFailure_Violation{
-			Type:    "MISSING",
-			Subject: d.MissingSubject(),
-		})
-	}
-	st, err := status.New(codes.FailedPrecondition, msg).WithDetails(failure)
-	if err != nil {
-		return status.Error(codes.FailedPrecondition, msg)
-	}
-	return st.Err()
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // touchGranularity bounds how often a blob's file time is rewritten when the blob is used.
@@ -408,14 +409,14 @@ func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, o
 			s.MakeRoom(d.Size)
 			return nil, diskError(err, d, "writing")
 		}
-		return nil, wrapError(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
+		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
 	}
 	if err := v.Verify(); err != nil {
 		s.metrics.rejected.Inc()
 		if v.TooLong() {
 			return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
 		}
-		return nil, wrapError(err, codes.InvalidArgument, "Failed to store blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.InvalidArgument, "Failed to store blob %s", d)
 	}
 	if err := tmp.Sync(); err != nil {
 		return nil, diskError(err, d, "syncing")

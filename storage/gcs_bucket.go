@@ -106,12 +106,55 @@ func (b *GCSBucket) Get(ctx context.Context, key string, offset, length int64) (
 		if err != nil {
 			return nil, ObjectInfo{}, err
 		}
-		return r, ObjectInfo{Size: r.Attrs.Size, Time: r.Attrs.LastModified}, nil
+		return &gcsReader{r}, ObjectInfo{Size: r.Attrs.Size, Time: r.Attrs.LastModified}, nil
 	})
 	if err != nil {
 		return nil, ObjectInfo{}, requestError(ctx, err, classifyGCSError, fmt.Sprintf("Failed to read %s/%s", b, key))
 	}
 	return r, info, nil
+}
+
+// gcsReader turns the client library's checksum failures at the end of a read (the object's
+// bytes do not match the CRC32C or MD5 GCS keeps for it) into DATA_LOSS, so that callers treat
+// the object as corrupt rather than the object store as unavailable.
+type gcsReader struct{ *storage.Reader }
+
+func (r *gcsReader) Read(p []byte) (int, error) {
+	n, err := r.Reader.Read(p)
+	if err != nil && err != io.EOF && isGCSChecksumError(err) {
+		err = status.Errorf(codes.DataLoss, "object content does not match its checksum: %v", err)
+	}
+	return n, err
+}
+
+// isGCSChecksumError reports whether err is the client library's checksum mismatch on a read
+// ("storage: bad CRC on read: ...", "storage: bad md5 ..."), which it returns as plain errors.
+func isGCSChecksumError(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "storage: bad CRC") || strings.Contains(msg, "storage: bad md5")
+}
+
+// Probe implements ObjectBucket: it reads the bucket's attributes, so that a missing bucket is
+// FAILED_PRECONDITION and refused credentials PERMISSION_DENIED. Credentials that may use
+// objects but not read bucket metadata (roles/storage.objectUser lacks storage.buckets.get)
+// get PERMISSION_DENIED there; the probe then reads a key that never exists instead.
+func (b *GCSBucket) Probe(ctx context.Context) error {
+	rctx, cancel := requestContext(ctx, b.cfg.Timeout, 0)
+	defer cancel()
+	_, err := b.bucket.Attrs(rctx)
+	err = requestError(ctx, err, classifyGCSError, fmt.Sprintf("Failed to read the attributes of bucket %s", b.loc.Bucket))
+	if status.Code(err) != codes.PermissionDenied {
+		return err
+	}
+	r, _, err := b.Get(ctx, probeKey, 0, 0)
+	if err == nil {
+		r.Close()
+		return nil
+	}
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	return err
 }
 
 // Create implements ObjectBucket.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // maxActionResultSize bounds an action cache object read into memory.
@@ -56,12 +57,12 @@ func (c *ObjectActionCache) Get(ctx context.Context, instance string, d digest.D
 	if status.Code(err) == codes.NotFound {
 		return nil, status.Errorf(codes.NotFound, "Action result for %s not found", d)
 	} else if err != nil {
-		return nil, wrapError(err, codes.Unavailable, "Failed to read action result for %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to read action result for %s", d)
 	}
 	b, err := io.ReadAll(io.LimitReader(r, maxActionResultSize+1))
 	r.Close()
 	if err != nil {
-		return nil, wrapError(err, codes.Unavailable, "Failed to read action result for %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to read action result for %s", d)
 	}
 	result := &repb.ActionResult{}
 	if len(b) > maxActionResultSize {
@@ -88,7 +89,7 @@ func (c *ObjectActionCache) Put(ctx context.Context, instance string, d digest.D
 		return status.Errorf(codes.InvalidArgument, "Failed to marshal action result for %s: %v", d, err)
 	}
 	if err := c.bucket.Replace(ctx, actionKey(instance, d), b); err != nil {
-		return wrapError(err, codes.Unavailable, "Failed to store action result for %s", d)
+		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store action result for %s", d)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // Defaults of ObjectBlobStoreOptions.
@@ -171,7 +172,7 @@ func (s *ObjectBlobStore) readError(err error, d digest.Digest) error {
 		s.cache.remove(d)
 		return status.Errorf(codes.NotFound, "Blob %s not found", d)
 	}
-	return wrapError(err, codes.Unavailable, "Failed to read blob %s", d)
+	return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to read blob %s", d)
 }
 
 // discardCorrupt logs that the object of d does not hold d's content, deletes it so that the
@@ -212,7 +213,7 @@ func (s *ObjectBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) (
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, wrapError(err, codes.Unavailable, "Failed to find missing blobs")
+		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to find missing blobs")
 	}
 	var out []digest.Digest
 	for i, d := range ds {
@@ -234,7 +235,10 @@ func (s *ObjectBlobStore) stat(ctx context.Context, d digest.Digest) (bool, erro
 		return false, err
 	}
 	if info.Size != d.Size {
+		// A truncated or otherwise wrong object under the blob's key: deleted, so that the
+		// next upload stores the right bytes (write-once would otherwise keep it for good).
 		s.metrics.existenceChecks.WithLabelValues("missing").Inc()
+		s.discardCorrupt(ctx, d, status.Errorf(codes.DataLoss, "object has %d bytes, the digest says %d", info.Size, d.Size))
 		return false, nil
 	}
 	s.metrics.existenceChecks.WithLabelValues("present").Inc()
@@ -284,7 +288,7 @@ func (s *ObjectBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader)
 		return nil
 	}
 	if present, err := s.exists(ctx, d); err != nil {
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
+		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s", d)
 	} else if present {
 		return nil
 	}
@@ -296,22 +300,44 @@ func (s *ObjectBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader)
 	return s.upload(ctx, d, f)
 }
 
-// upload writes the verified content of d, read from r, to the object store unless the blob
-// is there already.
-func (s *ObjectBlobStore) upload(ctx context.Context, d digest.Digest, r io.Reader) error {
-	created, err := s.bucket.Create(ctx, blobKey(d), r, d.Size)
-	if err != nil {
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
+// upload writes the verified content of d, read from r (rewound before each attempt), to the
+// object store unless the blob is there already. An object found under the key (the write-once
+// put refused) counts as the blob only if its size is right; a wrong one is corrupt: it is
+// logged, counted, deleted and replaced by one more put. A nil error means the bucket holds an
+// object of d's size under d's key.
+func (s *ObjectBlobStore) upload(ctx context.Context, d digest.Digest, r io.ReadSeeker) error {
+	for attempt := 0; ; attempt++ {
+		if _, err := r.Seek(0, io.SeekStart); err != nil {
+			return status.Errorf(codes.Internal, "Failed to store blob %s: %v", d, err)
+		}
+		created, err := s.bucket.Create(ctx, blobKey(d), r, d.Size)
+		if err != nil {
+			return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s", d)
+		}
+		now := s.opts.Clock.Now()
+		if created {
+			s.metrics.uploads.Inc()
+			s.metrics.uploadBytes.Add(float64(d.Size))
+			s.cache.put(d, now, now)
+			return nil
+		}
+		// Another object is there: a concurrent writer's, or a wrong one.
+		info, err := s.bucket.Stat(ctx, blobKey(d))
+		switch {
+		case err == nil && info.Size == d.Size:
+			s.cache.put(d, info.Time, now)
+			return nil
+		case status.Code(err) == codes.NotFound:
+			// Deleted since the put was refused; put again.
+		case err != nil:
+			return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s: checking the object already there", d)
+		default:
+			s.discardCorrupt(ctx, d, status.Errorf(codes.DataLoss, "object has %d bytes, the digest says %d", info.Size, d.Size))
+		}
+		if attempt == 2 {
+			return status.Errorf(codes.Unavailable, "Failed to store blob %s: the object store keeps refusing the write and holds no object of the blob's size", d)
+		}
 	}
-	now := s.opts.Clock.Now()
-	if created {
-		s.metrics.uploads.Inc()
-		s.metrics.uploadBytes.Add(float64(d.Size))
-		s.cache.put(d, now, now)
-		return nil
-	}
-	// Another writer stored it first; its object's age is unknown until the next check.
-	return nil
 }
 
 // spoolVerified copies r into an unlinked temporary file in dir through a verifyingWriter and
@@ -337,23 +363,15 @@ func spoolVerified(ctx context.Context, dir string, d digest.Digest, r io.Reader
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
 		}
-		return nil, wrapError(err, codes.Internal, "Failed to store blob %s", d)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to store blob %s", d)
 	}
 	return f, nil
 }
 
-// Probe reads a key that never exists to check that the bucket is there and the credentials
-// may use it. It returns nil when the object store answers NOT_FOUND, and otherwise the error:
-// FAILED_PRECONDITION for a missing bucket, PERMISSION_DENIED for refused credentials,
-// UNAVAILABLE when the object store cannot be reached.
+// Probe checks that the bucket is there and that the credentials may use it (see
+// ObjectBucket.Probe): nil, FAILED_PRECONDITION for a missing bucket, PERMISSION_DENIED or
+// UNAUTHENTICATED for refused or absent credentials, UNAVAILABLE when the object store cannot
+// be reached.
 func (s *ObjectBlobStore) Probe(ctx context.Context) error {
-	r, _, err := s.bucket.Get(ctx, "cas/"+digest.Empty.Hash, 0, 0) // The empty blob is never stored.
-	if err == nil {
-		r.Close()
-		return nil
-	}
-	if status.Code(err) == codes.NotFound {
-		return nil
-	}
-	return wrapError(err, codes.Unavailable, "Failed to probe object store %s", s.bucket)
+	return rpcstatus.WrapCode(s.bucket.Probe(ctx), codes.Unavailable, "Failed to probe object store %s", s.bucket)
 }

@@ -27,6 +27,13 @@ type ObjectBucket interface {
 	Refresh(ctx context.Context, key string) error
 	// Delete removes the object at key; an absent object is not an error.
 	Delete(ctx context.Context, key string) error
+	// Probe checks that the bucket exists and that the credentials may use it: nil, or
+	// FAILED_PRECONDITION for a missing bucket, PERMISSION_DENIED or UNAUTHENTICATED for
+	// refused or absent credentials, UNAVAILABLE when the object store cannot be reached.
+	Probe(ctx context.Context) error
 	// String names the bucket and prefix for logs, e.g. "s3://bucket/prefix".
 	String() string
 }
+
+// probeKey is a key Probe reads that never holds an object: the empty blob is never stored.
+const probeKey = "cas/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -59,11 +59,13 @@ func requestError(ctx context.Context, err error, classify func(error) (codes.Co
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		return status.Errorf(codes.Unavailable, "%s: the object store did not answer in time: %v", what, err)
 	}
-	if s, ok := status.FromError(err); ok {
-		return status.Errorf(s.Code(), "%s: %s", what, s.Message())
-	}
+	// The object store's own answers first: some client errors (googleapi.Error) also carry
+	// a gRPC status, which is coarser (a missing bucket is NOT_FOUND there).
 	if code, ok := classify(err); ok {
 		return status.Errorf(code, "%s: %v", what, err)
+	}
+	if s, ok := status.FromError(err); ok {
+		return status.Errorf(s.Code(), "%s: %s", what, s.Message())
 	}
 	return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 }

@@ -70,6 +70,7 @@ type S3BucketConfig struct {
 type S3Bucket struct {
 	client   *s3.Client
 	uploader *transfermanager.Client
+	creds    aws.CredentialsProvider
 	loc      ObjectStoreURL
 	cfg      S3BucketConfig
 }
@@ -79,6 +80,11 @@ type S3Bucket struct {
 func NewS3Bucket(ctx context.Context, cfg S3BucketConfig) (*S3Bucket, error) {
 	if cfg.Bucket == "" {
 		return nil, status.Error(codes.InvalidArgument, "S3 bucket name is empty")
+	}
+	if cfg.Endpoint != "" {
+		if u, err := url.Parse(cfg.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "S3 endpoint %q is not an http:// or https:// URL with a host, e.g. http://127.0.0.1:7070", cfg.Endpoint)
+		}
 	}
 	if cfg.MultipartThreshold <= 0 {
 		cfg.MultipartThreshold = defaultS3MultipartThreshold
@@ -124,6 +130,7 @@ func NewS3Bucket(ctx context.Context, cfg S3BucketConfig) (*S3Bucket, error) {
 	})
 	return &S3Bucket{
 		client:   client,
+		creds:    awsCfg.Credentials,
 		uploader: uploader,
 		loc:      ObjectStoreURL{Scheme: "s3", Bucket: cfg.Bucket, Prefix: strings.Trim(cfg.Prefix, "/")},
 		cfg:      cfg,
@@ -132,6 +139,33 @@ func NewS3Bucket(ctx context.Context, cfg S3BucketConfig) (*S3Bucket, error) {
 
 // String implements ObjectBucket.
 func (b *S3Bucket) String() string { return b.loc.String() }
+
+// Probe implements ObjectBucket: it resolves the credentials (UNAUTHENTICATED when the chain
+// finds none), then reads a key that never exists, which S3 answers with NoSuchKey when the
+// bucket is there and the credentials may read it.
+func (b *S3Bucket) Probe(ctx context.Context) error {
+	if b.creds == nil {
+		return status.Error(codes.Unauthenticated, "no AWS credentials configured")
+	}
+	rctx, cancel := requestContext(ctx, b.cfg.Timeout, 0)
+	_, err := b.creds.Retrieve(rctx)
+	cancel()
+	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return status.FromContextError(ctxErr).Err()
+		}
+		return status.Errorf(codes.Unauthenticated, "no AWS credentials: the SDK's default chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, shared config and credentials files, web identity, container or instance role) found none: %v", err)
+	}
+	r, _, err := b.Get(ctx, probeKey, 0, 0)
+	if err == nil {
+		r.Close()
+		return nil
+	}
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	return err
+}
 
 // Stat implements ObjectBucket.
 func (b *S3Bucket) Stat(ctx context.Context, key string) (ObjectInfo, error) {
@@ -293,7 +327,10 @@ func s3HTTPStatus(err error) int {
 	return 0
 }
 
-// classifyS3Error maps S3's answers to gRPC codes.
+// classifyS3Error maps S3's answers to gRPC codes. Only NoSuchKey (and HEAD's body-less 404,
+// NotFound) mean the object is absent; other 404s name something else that is missing, such
+// as the bucket (NoSuchBucket: FAILED_PRECONDITION) or the access key (versitygw's
+// XAdminUserNotFound: PERMISSION_DENIED), and are errors.
 func classifyS3Error(err error) (codes.Code, bool) {
 	var nsk *types.NoSuchKey
 	var nf *types.NotFound
@@ -307,13 +344,14 @@ func classifyS3Error(err error) (codes.Code, bool) {
 			return codes.NotFound, true
 		case "NoSuchBucket":
 			return codes.FailedPrecondition, true
-		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken":
+		case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+			"XAdminUserNotFound", "InvalidClientTokenId", "AuthorizationHeaderMalformed":
 			return codes.PermissionDenied, true
 		}
 	}
 	switch st := s3HTTPStatus(err); {
 	case st == http.StatusNotFound:
-		return codes.NotFound, true
+		return codes.FailedPrecondition, true
 	case st == http.StatusForbidden || st == http.StatusUnauthorized:
 		return codes.PermissionDenied, true
 	case st == http.StatusRequestedRangeNotSatisfiable:

@@ -15,9 +15,22 @@ import (
 	"github.com/buildfleet/buildfleet/internal/digest"
 )
 
+// DefaultMaxAnswerSizeBytes is gRPC's default receive limit (4 MiB), the largest message clients
+// such as Pants' and Buck2's Rust clients accept unless told otherwise. Every answer to a client
+// that keeps to the advertised max_batch_total_size_bytes fits in it (BatchReadBlobs, GetTree
+// pages, FindMissingBlobs, GetActionResult with inlined outputs).
+const DefaultMaxAnswerSizeBytes = 4 << 20
+
+// BatchFramingReserveBytes is kept between the advertised max_batch_total_size_bytes and the
+// largest answer for the protobuf framing of a batch (digests, statuses, field tags: about 81
+// bytes a blob, so a batch of up to 3,000 blobs filling max_batch_total_size_bytes still fits).
+const BatchFramingReserveBytes = 256 << 10
+
 // DefaultMaxBatchTotalSizeBytes is the default bound on the data of one BatchUpdateBlobs or
-// BatchReadBlobs call, the limit Pants and Bazel read from the capabilities.
-const DefaultMaxBatchTotalSizeBytes = 4 << 20
+// BatchReadBlobs call, advertised as max_batch_total_size_bytes (Pants and Bazel read it from
+// the capabilities): 4 MiB less the framing reserve, so that a batch answer of that much data
+// still fits in gRPC's default 4 MiB receive limit.
+const DefaultMaxBatchTotalSizeBytes = DefaultMaxAnswerSizeBytes - BatchFramingReserveBytes
 
 // RecommendedMaxMessageSizeBytes is the gRPC message size limit (grpc.MaxRecvMsgSize and
 // grpc.MaxSendMsgSize) a server hosting these services should allow: a batch of
@@ -56,6 +69,12 @@ type ServiceOptions struct {
 	MaxBlobSizeBytes int64
 }
 
+// maxAnswerBytes is the largest message the services send in answer to a request that keeps
+// to MaxBatchTotalSizeBytes: that bound plus the framing reserve (4 MiB by default).
+func (o ServiceOptions) maxAnswerBytes() int {
+	return int(o.MaxBatchTotalSizeBytes + BatchFramingReserveBytes)
+}
+
 // checkBlobSize refuses a blob larger than MaxBlobSizeBytes.
 func (o ServiceOptions) checkBlobSize(d digest.Digest) error {
 	if o.MaxBlobSizeBytes > 0 && d.Size > o.MaxBlobSizeBytes {
@@ -78,14 +97,12 @@ func (o ServiceOptions) withDefaults() ServiceOptions {
 }
 
 // RegisterServices registers the Capabilities, ContentAddressableStorage, ByteStream and
-// ActionCache services on s, backed by cas and ac. Unless ac already is one, it is wrapped in a
-// completeness-checking action cache over cas, so that results whose outputs were evicted are
-// misses and results naming missing outputs cannot be stored.
+// ActionCache services on s, backed by cas and ac. ac is served as given: the caller composes
+// its decorators once (cmd/scheduler wraps it in NewCompletenessCheckingActionCache, so that
+// results whose outputs were evicted are misses and results naming missing outputs cannot be
+// stored).
 func RegisterServices(s *grpc.Server, cas BlobStore, ac ActionCache, opts ServiceOptions) {
 	opts = opts.withDefaults()
-	if _, ok := ac.(*completenessCheckingActionCache); !ok {
-		ac = NewCompletenessCheckingActionCache(ac, cas)
-	}
 	repb.RegisterCapabilitiesServer(s, &capabilitiesServer{opts: opts})
 	repb.RegisterContentAddressableStorageServer(s, newCASServer(cas, opts))
 	bspb.RegisterByteStreamServer(s, newByteStreamServer(cas, opts))

@@ -30,6 +30,9 @@ type testEnv struct {
 	bs    bspb.ByteStreamClient
 	acc   repb.ActionCacheClient
 	caps  repb.CapabilitiesClient
+	// dial opens another client connection to the server, with gRPC's defaults (a 4 MiB
+	// receive limit) unless opts say otherwise.
+	dial func(opts ...grpc.DialOption) *grpc.ClientConn
 }
 
 func newTestEnv(t testing.TB, maxSize int64, opts storage.ServiceOptions) *testEnv {
@@ -50,17 +53,22 @@ func newTestEnv(t testing.TB, maxSize int64, opts storage.ServiceOptions) *testE
 	}
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))
-	storage.RegisterServices(srv, e.store, e.ac, opts)
+	storage.RegisterServices(srv, e.store, storage.NewCompletenessCheckingActionCache(e.ac, e.store), opts)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxCallSendMsgSize(storage.RecommendedMaxMessageSizeBytes)))
-	if err != nil {
-		t.Fatal(err)
+	e.dial = func(opts ...grpc.DialOption) *grpc.ClientConn {
+		opts = append([]grpc.DialOption{
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+		}, opts...)
+		conn, err := grpc.NewClient("passthrough:///bufconn", opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
 	}
-	t.Cleanup(func() { conn.Close() })
+	conn := e.dial(grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxCallSendMsgSize(storage.RecommendedMaxMessageSizeBytes)))
 	e.cas = repb.NewContentAddressableStorageClient(conn)
 	e.bs = bspb.NewByteStreamClient(conn)
 	e.acc = repb.NewActionCacheClient(conn)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // TieredBlobStore is a BlobStore in an object store (ObjectBlobStore, the copy that outlives
@@ -24,7 +25,8 @@ import (
 //     verified into an unlinked spool file and served from there.
 //   - Put verifies the content into the local tier, then uploads it from there to the object
 //     store (unless the object store has it already) before it returns: an acknowledged blob is
-//     in the bucket.
+//     in the bucket. When the upload fails, the blob is dropped from the local tier again, so
+//     that Get never serves a blob FindMissing reports missing.
 //   - FindMissing asks the object store (with its existence cache); the local tier is a cache
 //     and decides nothing about presence.
 //
@@ -88,11 +90,11 @@ func (t *TieredBlobStore) fill(ctx context.Context, d digest.Digest) error {
 		}
 		defer r.Close()
 		err = t.local.Put(fctx, d, r)
-		if status.Code(err) == codes.InvalidArgument {
+		if c := status.Code(err); c == codes.InvalidArgument || c == codes.DataLoss {
 			return nil, t.remote.discardCorrupt(fctx, d, err)
 		}
 		if err != nil {
-			return nil, wrapError(err, codes.Unavailable, "Failed to fetch blob %s from the object store", d)
+			return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to fetch blob %s from the object store", d)
 		}
 		t.remote.metrics.fills.Inc()
 		t.remote.metrics.fillBytes.Add(float64(d.Size))
@@ -114,7 +116,7 @@ func (t *TieredBlobStore) getSpooled(ctx context.Context, d digest.Digest, offse
 	}
 	f, err := spoolVerified(ctx, t.spoolDir, d, r)
 	r.Close()
-	if status.Code(err) == codes.InvalidArgument {
+	if c := status.Code(err); c == codes.InvalidArgument || c == codes.DataLoss {
 		return nil, t.remote.discardCorrupt(ctx, d, err)
 	}
 	if err != nil {
@@ -148,10 +150,15 @@ func (t *TieredBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader)
 	if d.IsEmpty() {
 		return nil
 	}
-	if present, err := t.remote.exists(ctx, d); err != nil {
-		return wrapError(err, codes.Unavailable, "Failed to store blob %s", d)
-	} else if present {
-		return nil
+	present, err := t.remote.exists(ctx, d)
+	if err == nil && !present {
+		err = t.remote.upload(ctx, d, f)
 	}
-	return t.remote.upload(ctx, d, f)
+	if err != nil {
+		// Not in the bucket: the local tier must not serve it either (reads and
+		// FindMissing agree). The client retries the write.
+		t.local.drop(d)
+		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s", d)
+	}
+	return nil
 }

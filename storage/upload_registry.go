@@ -17,6 +17,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 // upload is one ByteStream upload. The bytes a Write stream sends are appended to a spool file
@@ -46,7 +47,7 @@ func (u *upload) write(data []byte) error {
 	if u.f == nil {
 		f, err := os.OpenFile(u.path, os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
-			return wrapError(err, codes.Internal, "Failed to resume upload of blob %s", u.resource.Digest)
+			return rpcstatus.WrapCode(err, codes.Internal, "Failed to resume upload of blob %s", u.resource.Digest)
 		}
 		u.f = f
 	}
@@ -61,7 +62,7 @@ func (u *upload) write(data []byte) error {
 		if errors.Is(err, syscall.ENOSPC) {
 			return status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", u.resource.Digest)
 		}
-		return wrapError(err, codes.Internal, "Failed to write blob %s", u.resource.Digest)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", u.resource.Digest)
 	}
 	return nil
 }
@@ -81,7 +82,7 @@ func (u *upload) finish(ctx context.Context, cas BlobStore) error {
 	defer os.Remove(u.path)
 	f, err := os.Open(u.path)
 	if err != nil {
-		return wrapError(err, codes.Internal, "Failed to store blob %s", u.resource.Digest)
+		return rpcstatus.WrapCode(err, codes.Internal, "Failed to store blob %s", u.resource.Digest)
 	}
 	defer f.Close()
 	var src io.Reader = f
@@ -293,14 +294,14 @@ func (r *uploadRegistry) start(name string, rn digest.ResourceName) (*upload, er
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.dirErr != nil {
-		return nil, wrapError(r.dirErr, codes.Internal, "Failed to write blob %s: no upload directory", rn.Digest)
+		return nil, rpcstatus.WrapCode(r.dirErr, codes.Internal, "Failed to write blob %s: no upload directory", rn.Digest)
 	}
 	f, err := os.CreateTemp(r.dir, rn.Digest.Hash[:min(16, len(rn.Digest.Hash))]+"-*")
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return nil, status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", rn.Digest)
 		}
-		return nil, wrapError(err, codes.Internal, "Failed to write blob %s", rn.Digest)
+		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", rn.Digest)
 	}
 	u := &upload{name: name, resource: rn, path: f.Name(), f: f, room: r.room, owner: make(chan struct{}, 1), owned: true}
 	u.owner <- struct{}{}

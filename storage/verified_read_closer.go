@@ -32,7 +32,8 @@ func (v *verifiedReadCloser) Read(p []byte) (int, error) {
 			return n, io.EOF
 		}
 	}
-	if err != nil && status.Code(err) == codes.InvalidArgument {
+	if c := status.Code(err); err != nil && (c == codes.InvalidArgument || c == codes.DataLoss) {
+		// A digest mismatch, or the object store's own checksum refusing the bytes.
 		v.failed = true
 		v.onCorrupt(err)
 		return 0, status.Errorf(codes.DataLoss, "Blob %s is corrupt in the object store", v.v.want)

@@ -5,13 +5,13 @@ import (
 	"fmt"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
 var (
@@ -56,8 +56,7 @@ func fetchAction(ctx context.Context, cas repb.ContentAddressableStorageClient, 
 		Digests:      []*repb.Digest{d.Proto()},
 	})
 	if err != nil {
-		s := status.Convert(err)
-		return nil, status.Errorf(s.Code(), "Failed to read Action %s: %s", d, s.Message())
+		return nil, rpcstatus.Wrap(err, "Failed to read Action %s", d)
 	}
 	if len(resp.GetResponses()) != 1 {
 		return nil, status.Errorf(codes.Internal, "Failed to read Action %s: CAS answered with %d blobs", d, len(resp.GetResponses()))
@@ -66,7 +65,7 @@ func fetchAction(ctx context.Context, cas repb.ContentAddressableStorageClient, 
 	switch c := codes.Code(r.GetStatus().GetCode()); c {
 	case codes.OK:
 	case codes.NotFound:
-		return nil, missing(d)
+		return nil, rpcstatus.Missing(fmt.Sprintf("Action %s is not in CAS", d), []digest.Digest{d})
 	default:
 		return nil, status.Errorf(c, "Failed to read Action %s: %s", d, r.GetStatus().GetMessage())
 	}
@@ -78,14 +77,4 @@ func fetchAction(ctx context.Context, cas repb.ContentAddressableStorageClient, 
 		return nil, status.Errorf(codes.InvalidArgument, "Blob %s is not a valid Action: %v", d, err)
 	}
 	return action, nil
-}
-
-func missing(d digest.Digest) error {
-	s := status.New(codes.FailedPrecondition, fmt.Sprintf("Action %s is not in CAS", d))
-	if ds, err := s.WithDetails(&errdetails.PreconditionFailure{
-		Violations: []*errdetails.PreconditionFailure_Violation{{Type: "MISSING", Subject: d.MissingSubject()}},
-	}); err == nil {
-		s = ds
-	}
-	return s.Err()
 }

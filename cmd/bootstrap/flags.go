@@ -9,6 +9,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/bootstrap"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 	"github.com/buildfleet/buildfleet/internal/version"
 )
 
@@ -21,7 +22,8 @@ var errShowVersion = errors.New("--version")
 
 // parseFlags parses the bootstrapper's command line: its own flags, then "--" and the
 // arguments passed to the worker.
-func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bootstrap.Config, error) {
+// It also returns the --log-format value.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bootstrap.Config, string, error) {
 	var c bootstrap.Config
 	fs := flag.NewFlagSet("bootstrap", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -52,6 +54,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 	fs.DurationVar(&c.Retry.Initial, "retry-initial-backoff", bootstrap.DefaultRetryPolicy.Initial, "wait after the first failed download; doubles each time")
 	fs.DurationVar(&c.Retry.Max, "retry-max-backoff", bootstrap.DefaultRetryPolicy.Max, "longest wait between download attempts")
 	fs.DurationVar(&c.DownloadTimeout, "download-timeout", bootstrap.DefaultDownloadTimeout, "fail (and retry) an http(s) download attempt that makes no progress for this long: connecting, waiting for the response, or between bytes of the body")
+	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, envPrefix)
 	fs.Usage = func() {
@@ -68,13 +71,16 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 		}
 	}
 	if err := flagenv.Parse(fs, envPrefix, own, getenv); err != nil {
-		return c, err
+		return c, "", err
+	}
+	if err := logformat.Check(*logFormat); err != nil {
+		return c, "", err
 	}
 	if *showVersion {
-		return c, errShowVersion
+		return c, "", errShowVersion
 	}
 	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected argument %q (worker arguments go after --)", fs.Arg(0))
+		return c, "", fmt.Errorf("unexpected argument %q (worker arguments go after --)", fs.Arg(0))
 	}
 	c.WorkerArgs = workerArgs
 	if *packages != "none" {
@@ -84,5 +90,5 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 			}
 		}
 	}
-	return c, nil
+	return c, *logFormat, nil
 }

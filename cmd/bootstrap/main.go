@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/buildfleet/buildfleet/bootstrap"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 	"github.com/buildfleet/buildfleet/internal/version"
 )
 
@@ -26,7 +27,7 @@ func main() {
 // run wires the flags to a Bootstrapper and returns the exit code: 0 on success, 2 for a bad
 // command line, 1 for any failure.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	config, err := parseFlags(args, getenv, stderr)
+	config, logFormat, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -38,7 +39,12 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "bootstrap: %v\n", err)
 		return 2
 	}
-	logger := zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).With().Timestamp().Str("service", "bootstrap").Logger()
+	logOut, err := logformat.Writer(stderr, logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "bootstrap: %v\n", err)
+		return 2
+	}
+	logger := zerolog.New(logOut).With().Timestamp().Str("service", "bootstrap").Logger()
 	deps := bootstrap.SystemDependencies(config, "buildfleet-bootstrap")
 	deps.Out = stdout
 	b, err := bootstrap.New(config, deps, logger)

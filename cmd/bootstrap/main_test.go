@@ -345,6 +345,39 @@ func TestBadCommandLineExitsTwo(t *testing.T) {
 	}
 }
 
+// --log-format (or BUILDFLEET_BOOTSTRAP_LOG_FORMAT) picks the log format: stderr here is a pipe,
+// so auto and json write JSON lines, console writes readable ones; an unknown format is a
+// command-line error (exit 2) naming the accepted values.
+func TestLogFormatFlag(t *testing.T) {
+	skipShort(t)
+	srv := serve(t, payload, false)
+	wrong := sum([]byte("some other build"))
+	for _, tc := range []struct {
+		env  []string
+		flag string
+		json bool
+	}{
+		{nil, "", true},
+		{nil, "--log-format=console", false},
+		{[]string{"BUILDFLEET_BOOTSTRAP_LOG_FORMAT=console"}, "", false},
+		{[]string{"BUILDFLEET_BOOTSTRAP_LOG_FORMAT=console"}, "--log-format=json", true},
+	} {
+		args := installOnly(srv.URL, wrong, filepath.Join(t.TempDir(), "worker"))
+		if tc.flag != "" {
+			args = append(args, tc.flag)
+		}
+		r := runBootstrap(t, tc.env, args...)
+		first := strings.SplitN(r.stderr, "\n", 2)[0]
+		if r.code != 1 || strings.HasPrefix(first, `{"`) != tc.json {
+			t.Fatalf("env %v, flag %q: exit %d, first log line %q (want JSON: %v)", tc.env, tc.flag, r.code, first, tc.json)
+		}
+	}
+	r := runBootstrap(t, nil, "--log-format=xml")
+	if r.code != 2 || !strings.Contains(r.stderr, "want auto, console or json") {
+		t.Fatalf("--log-format=xml: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
 // --version prints the version line and does nothing else; BUILDFLEET_BOOTSTRAP_VERSION does
 // not count as --version.
 func TestVersion(t *testing.T) {

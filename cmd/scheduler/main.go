@@ -29,6 +29,7 @@ import (
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 	"github.com/buildfleet/buildfleet/internal/metrics"
 	"github.com/buildfleet/buildfleet/internal/version"
 	"github.com/buildfleet/buildfleet/scheduler"
@@ -50,17 +51,18 @@ func defaultStorageDir() string {
 	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
 		return filepath.Join(d, "buildfleet")
 	}
-	return "buildfleet-data"
+	return "./buildfleet-data"
 }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("scheduler", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8980", "gRPC address serving clients and workers (ignored when systemd passes the socket: socket activation)")
-	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage")
+	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage ($XDG_DATA_HOME/buildfleet when XDG_DATA_HOME is set, else ./buildfleet-data)")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /workers and the web console /console/ (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
 	disconnectGrace := fs.Duration("disconnect-grace", scheduler.DefaultDisconnectGrace, "a worker whose connection ended (its process died) and that does not call again within this long loses its leases; they are requeued")
 	retryLimit := fs.Int("retry-limit", 3, "times an action is requeued after a lost worker before it fails with UNAVAILABLE")
@@ -102,6 +104,9 @@ func run(args []string) error {
 	if maxBlob < 0 {
 		return fmt.Errorf("--max-blob-size=%s: must not be negative", maxBlob)
 	}
+	if err := positiveLimits(*opRetention, *maxOps, *uploadResume, *maxParked, int64(maxParkedSize)); err != nil {
+		return err
+	}
 	haOn, err := ha.enabled()
 	if err != nil {
 		return err
@@ -119,7 +124,11 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
 	}
-	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
+	logOut, err := logformat.Writer(os.Stderr, *logFormat)
+	if err != nil {
+		return err
+	}
+	logger := zerolog.New(logOut).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
 	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
@@ -310,5 +319,23 @@ func run(args []string) error {
 		_ = ms.Shutdown(sctx)
 	}
 	logger.Info().Msg("stopped")
+	return nil
+}
+
+// positiveLimits refuses zero or negative retention and upload limits: each bounds memory or
+// disk, and none has an "off" value (a silent fallback to the default would surprise).
+func positiveLimits(opRetention time.Duration, maxOps int, uploadResume time.Duration, maxParked int, maxParkedBytes int64) error {
+	switch {
+	case opRetention <= 0:
+		return fmt.Errorf("--operation-retention=%s: must be positive", opRetention)
+	case maxOps <= 0:
+		return fmt.Errorf("--max-finished-operations=%d: must be positive", maxOps)
+	case uploadResume <= 0:
+		return fmt.Errorf("--upload-resume-timeout=%s: must be positive", uploadResume)
+	case maxParked <= 0:
+		return fmt.Errorf("--max-parked-uploads=%d: must be positive", maxParked)
+	case maxParkedBytes <= 0:
+		return fmt.Errorf("--max-parked-upload-size=%d: must be positive", maxParkedBytes)
+	}
 	return nil
 }

@@ -58,6 +58,15 @@ func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.
 	if *f.maxConcurrency < 1 {
 		return nil, nil, fmt.Errorf("--object-store-concurrency=%d: must be at least 1", *f.maxConcurrency)
 	}
+	if *f.timeout <= 0 {
+		return nil, nil, fmt.Errorf("--object-store-timeout=%s: must be more than 0", *f.timeout)
+	}
+	if *f.existenceTTL < 0 {
+		return nil, nil, fmt.Errorf("--object-store-existence-ttl=%s: must not be negative", *f.existenceTTL)
+	}
+	if *f.refreshAge < 0 {
+		return nil, nil, fmt.Errorf("--object-store-refresh-age=%s: must not be negative", *f.refreshAge)
+	}
 	var bucket storage.ObjectBucket
 	switch u.Scheme {
 	case "s3":
@@ -90,7 +99,8 @@ func openObjectStorage(ctx context.Context, f *objectStoreFlags, local *storage.
 	pctx, cancel := context.WithTimeout(ctx, *f.timeout+time.Second)
 	defer cancel()
 	if err := remote.Probe(pctx); status.Code(err) == codes.Unavailable {
-		// It may come back; calls that need it fail with UNAVAILABLE meanwhile.
+		// It may come back; calls that need it fail with UNAVAILABLE meanwhile. Everything
+		// else (a missing bucket, absent or refused credentials) is a configuration error.
 		logger.Warn().Err(err).Str("object_store", u.String()).Msg("Object store unreachable at start-up")
 	} else if err != nil {
 		return nil, nil, fmt.Errorf("--object-store=%s: %w", u, err)

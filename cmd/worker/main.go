@@ -28,6 +28,7 @@ import (
 	"github.com/buildfleet/buildfleet/internal/bytesize"
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/flagenv"
+	"github.com/buildfleet/buildfleet/internal/logformat"
 	"github.com/buildfleet/buildfleet/internal/version"
 	"github.com/buildfleet/buildfleet/runner"
 	"github.com/buildfleet/buildfleet/worker"
@@ -64,6 +65,7 @@ func run(args []string) error {
 	drainTimeout := fs.Duration("drain-timeout", cloud.DefaultDrainTimeout, "drain deadline after SIGTERM/SIGINT (keep at or below Kubernetes' terminationGracePeriodSeconds)")
 	safetyMargin := fs.Duration("drain-safety-margin", worker.DefaultDrainSafetyMargin, "time kept before a drain deadline for uploads and hand-backs: actions still running then are stopped and handed back")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	cloudCfg := cloud.DefaultConfig(nil)
 	cloudCfg.RegisterFlags(fs)
 	showVersion := version.Register(fs)
@@ -85,7 +87,11 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %v", err)
 	}
-	logger := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("service", "worker").Logger()
+	logOut, err := logformat.Writer(os.Stderr, *logFormat)
+	if err != nil {
+		return err
+	}
+	logger := zerolog.New(logOut).Level(level).With().Timestamp().Str("service", "worker").Logger()
 	if *workerID == "" {
 		*workerID = defaultWorkerID()
 	}

@@ -41,6 +41,9 @@ type Server struct {
 	log  string
 	cmd  *exec.Cmd
 	done chan struct{}
+	// DataDir is where the server keeps its objects, for tests that damage them at the
+	// file level (fake-gcs-server: DataDir/BUCKET/OBJECT-NAME; empty for versitygw).
+	DataDir string
 }
 
 // Addr returns the server's host:port on 127.0.0.1.
@@ -153,7 +156,8 @@ func StartGCS(t testing.TB, bucket string) *Server {
 	_, port, _ := net.SplitHostPort(addr)
 	s := &Server{t: t, name: "fake-gcs-server", bin: bin, addr: addr, log: filepath.Join(dir, "fake-gcs-server.log"),
 		args: []string{"-scheme", "http", "-host", "127.0.0.1", "-port", port, "-public-host", addr,
-			"-external-url", "http://" + addr, "-backend", "filesystem", "-filesystem-root", filepath.Join(dir, "data"), "-log-level", "error"}}
+			"-external-url", "http://" + addr, "-backend", "filesystem", "-filesystem-root", filepath.Join(dir, "data"), "-log-level", "error"},
+		DataDir: filepath.Join(dir, "data")}
 	s.Start()
 	t.Cleanup(s.Stop)
 	if bucket != "" {
