@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -38,12 +37,15 @@ type Dependencies struct {
 	Out io.Writer
 }
 
-// SystemDependencies returns the production Dependencies: real downloads (https, s3, gs),
-// real commands, syscall.Exec and the system clock.
-func SystemDependencies(userAgent string) Dependencies {
+// SystemDependencies returns the production Dependencies: real downloads (https, s3, gs; the
+// http ones time out after config's DownloadTimeout and follow redirects under its
+// AllowInsecureHTTP policy), real commands, syscall.Exec and the system clock.
+func SystemDependencies(config Config, userAgent string) Dependencies {
+	config = config.WithDefaults()
 	return Dependencies{
 		Source: &SchemeSource{
-			HTTP:   &HTTPSource{Client: &http.Client{Transport: http.DefaultTransport}, UserAgent: userAgent},
+			HTTP: &HTTPSource{UserAgent: userAgent, Timeout: config.DownloadTimeout,
+				AllowInsecureHTTP: config.AllowInsecureHTTP},
 			NewS3:  NewS3Source,
 			NewGCS: NewGCSSource,
 		},

@@ -87,6 +87,10 @@ type Config struct {
 	Cloud string
 	// Retry controls how downloads are retried.
 	Retry RetryPolicy
+	// DownloadTimeout fails an http(s) download attempt that makes no progress for this long
+	// (connecting, waiting for the response headers, or between bytes of the body), so that
+	// Retry applies to a server that accepts and never answers. DefaultDownloadTimeout when zero.
+	DownloadTimeout time.Duration
 }
 
 // WithDefaults returns c with the bootstrapper's own empty paths and names set to their
@@ -104,6 +108,9 @@ func (c Config) WithDefaults() Config {
 	set(&c.ServiceName, DefaultServiceName)
 	set(&c.EnvironmentFile, DefaultEnvironmentFile)
 	set(&c.Arch, runtime.GOARCH)
+	if c.DownloadTimeout == 0 {
+		c.DownloadTimeout = DefaultDownloadTimeout
+	}
 	c.Retry = c.Retry.withDefaults()
 	return c
 }
@@ -113,6 +120,9 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	if err := c.validateSource(); err != nil {
 		return err
+	}
+	if c.DownloadTimeout < 0 {
+		return fmt.Errorf("--download-timeout %s must not be negative", c.DownloadTimeout)
 	}
 	if !filepath.IsAbs(c.InstallPath) {
 		return fmt.Errorf("--install-path %q must be absolute", c.InstallPath)
@@ -182,9 +192,17 @@ func ParseWorkerURL(raw string, allowInsecure bool) (*url.URL, error) {
 	return parseDownloadURL("--worker-url", raw, allowInsecure)
 }
 
-// ParseReleaseURL checks a URL under --release-url as ParseWorkerURL checks a worker URL.
+// ParseReleaseURL checks a URL under --release-url as ParseWorkerURL checks a worker URL, and
+// refuses a query or fragment: the release's file names are appended to its path.
 func ParseReleaseURL(raw string, allowInsecure bool) (*url.URL, error) {
-	return parseDownloadURL("--release-url", raw, allowInsecure)
+	u, err := parseDownloadURL("--release-url", raw, allowInsecure)
+	if err != nil {
+		return nil, err
+	}
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.ContainsAny(raw, "?#") {
+		return nil, fmt.Errorf("--release-url %q must not have a query (?) or fragment (#): the release's files (VERSION/SHA256SUMS, VERSION/worker-linux-ARCH) are appended to its path", raw)
+	}
+	return u, nil
 }
 
 func parseDownloadURL(flag, raw string, allowInsecure bool) (*url.URL, error) {

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/storage"
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -153,6 +154,12 @@ func TestConfigValidate(t *testing.T) {
 		{"short release pin", func(c *bootstrap.Config) {
 			c.WorkerURL, c.ReleaseURL, c.ReleaseVersion, c.ReleaseSHA256SUMSSHA256 = "", "https://r/dl", "v1", "abc"
 		}, "--release-sha256sums-sha256"},
+		{"release url with a query", func(c *bootstrap.Config) {
+			c.WorkerURL, c.ReleaseURL, c.ReleaseVersion = "", "https://r/dl?token=x", "v1"
+		}, "must not have a query"},
+		{"release url with an empty query", func(c *bootstrap.Config) { c.WorkerURL, c.ReleaseURL, c.ReleaseVersion = "", "https://r/dl?", "v1" }, "must not have a query"},
+		{"release url with a fragment", func(c *bootstrap.Config) { c.WorkerURL, c.ReleaseURL, c.ReleaseVersion = "", "s3://b/dl#x", "v1" }, "fragment"},
+		{"negative download timeout", func(c *bootstrap.Config) { c.DownloadTimeout = -time.Second }, "--download-timeout"},
 		{"short sha", func(c *bootstrap.Config) { c.WorkerSHA256 = "abc" }, "is not a sha256"},
 		{"relative path", func(c *bootstrap.Config) { c.InstallPath = "worker" }, "must be absolute"},
 		{"no scheduler for unit", func(c *bootstrap.Config) { c.Scheduler = "" }, "--scheduler is required"},

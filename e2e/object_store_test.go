@@ -57,6 +57,12 @@ func TestSchedulerRefusesBadObjectStoreSettings(t *testing.T) {
 		{[]string{"--object-store=s3://bucket/../x"}, "has an empty, . or .. segment", nil},
 		{[]string{"--s3-endpoint=http://127.0.0.1:1"}, "need --object-store", nil},
 		{[]string{"--object-store=gs://bucket", "--s3-region=eu-west-1"}, "apply to s3:// object stores only", nil},
+		// Limits that bound memory or disk have no "off" value: zero is refused, not the default.
+		{[]string{"--max-parked-uploads=0"}, "--max-parked-uploads=0: must be positive", nil},
+		{[]string{"--max-parked-upload-size=0"}, "--max-parked-upload-size=0: must be positive", nil},
+		{[]string{"--upload-resume-timeout=-1s"}, "--upload-resume-timeout=-1s: must be positive", nil},
+		{[]string{"--operation-retention=0s"}, "--operation-retention=0s: must be positive", nil},
+		{[]string{"--max-finished-operations=-5"}, "--max-finished-operations=-5: must be positive", nil},
 	} {
 		cmd := exec.Command(filepath.Join(binDir, "scheduler"), append([]string{"--listen=127.0.0.1:0", "--metrics-listen=", "--storage-dir=" + t.TempDir()}, c.args...)...)
 		cmd.Env = append(append(os.Environ(), objectstoretest.S3Env()...), c.env...)

@@ -114,7 +114,7 @@ func TestDebInstallsWhereTheBootstrapperExpects(t *testing.T) {
 	if out, err := exec.Command("dpkg", "--purge", "buildfleet").CombinedOutput(); err != nil {
 		t.Fatalf("dpkg --purge: %v\n%s", err, out)
 	}
-	for _, p := range []string{bootstrap.DefaultInstallPath, unitPath, bootstrap.DefaultEnvironmentFile, c.CacheDirectory} {
+	for _, p := range []string{bootstrap.DefaultInstallPath, unitPath, bootstrap.DefaultEnvironmentFile, c.CacheDirectory, "/var/lib/buildfleet-worker"} {
 		if _, err := os.Lstat(p); !os.IsNotExist(err) {
 			t.Errorf("%s still there after purge (%v)", p, err)
 		}

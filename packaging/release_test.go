@@ -50,10 +50,25 @@ func TestSnapshotRelease(t *testing.T) {
 	for _, arch := range arches() {
 		top := "buildfleet_" + v + "_linux_" + arch + "/"
 		got := tarEntries(t, filepath.Join(dist, "buildfleet_"+v+"_linux_"+arch+".tar.gz"))
-		for _, name := range []string{"scheduler", "worker", "bootstrap", "README.md", "bootstrap/README.md",
+		for _, name := range []string{"scheduler", "worker", "bootstrap", "README.md", "LICENSE", "bootstrap/README.md",
 			"systemd/buildfleet-worker.service", "systemd/buildfleet-scheduler.service", "config/worker.env", "config/scheduler.env"} {
 			if _, ok := got[top+name]; !ok {
 				t.Errorf("archive for %s lacks %s (has %v)", arch, name, got)
+			}
+		}
+		// Every entry is root:root with a fixed mode, whatever the builder's user and umask
+		// (a checkout under umask 002 has 0664 files).
+		for name, h := range tarHeaders(t, filepath.Join(dist, "buildfleet_"+v+"_linux_"+arch+".tar.gz")) {
+			want := int64(0o644)
+			switch strings.TrimPrefix(name, top) {
+			case "scheduler", "worker", "bootstrap":
+				want = 0o755
+			}
+			if h.Typeflag != tar.TypeReg {
+				continue
+			}
+			if h.Mode&0o7777 != want || h.Uid != 0 || h.Gid != 0 || h.Uname != "root" || h.Gname != "root" {
+				t.Errorf("archive entry %s: mode %o owner %d:%d (%s:%s), want %o root:root", name, h.Mode, h.Uid, h.Gid, h.Uname, h.Gname, want)
 			}
 		}
 		raw, _ := os.ReadFile(filepath.Join(dist, "worker-linux-"+arch))
@@ -71,6 +86,32 @@ func TestSnapshotRelease(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(out), want) {
 			t.Errorf("%s --version: %q (%v), want it to start with %q", prog, out, err, want)
 		}
+	}
+}
+
+// tarHeaders returns the headers of a .tar.gz by name.
+func tarHeaders(t *testing.T, path string) map[string]*tar.Header {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	out := map[string]*tar.Header{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[h.Name] = h
 	}
 }
 

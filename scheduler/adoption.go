@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,6 +35,16 @@ type adoptionState struct {
 	// adopted execution finished joins it instead of running the action again (see
 	// adoptedLocked).
 	ops map[actionKey]*operation
+	// unclaimed are the operations of adopted leases of do-not-cache actions that no rebuilt
+	// operation name has claimed yet, by action. Such operations are never in flight for
+	// Execute to join (REAPI: their requests may not be merged), but a client's WaitExecution on
+	// the name it watched before the restart is that very execution: admit pairs the name with
+	// one of them (claimAdoptedLocked) instead of running the action again.
+	unclaimed map[actionKey][]*operation
+	// rebuilt are the queued operations of do-not-cache actions rebuilt from a client's old
+	// name, by action: a lease of the action a bot reports afterwards takes one over
+	// (adoptLeaseLocked) instead of leaving it queued to run a second time.
+	rebuilt map[actionKey][]*operation
 	// epoch starts the uuid of every lease id this scheduler hands out (newLeaseID): those are
 	// never adopted.
 	epoch string
@@ -141,9 +152,18 @@ func (s *Scheduler) adoptLeaseLocked(b *botSession, rl *rwpb.Lease) (*completion
 	}
 	key := actionKey{a.name.instance, a.name.action}
 	op := s.inFlight[key]
+	if op == nil && a.doNotCache {
+		op = s.takeRebuiltLocked(key)
+	}
 	switch {
 	case op == nil:
 		op = s.newAdoptedOperationLocked(a)
+		if a.doNotCache {
+			if s.adopt.unclaimed == nil {
+				s.adopt.unclaimed = map[actionKey][]*operation{}
+			}
+			s.adopt.unclaimed[key] = append(s.adopt.unclaimed[key], op)
+		}
 	case op.done || op.finishing:
 		ev.Msg("Ignoring a reported lease whose action is already finished")
 		return nil, true
@@ -262,4 +282,61 @@ func (s *Scheduler) adoptedLocked(key actionKey) *operation {
 		return nil
 	}
 	return op
+}
+
+// takeRebuiltLocked returns a queued, unleased operation of do-not-cache action key rebuilt
+// from a client's old name (see adoptionState.rebuilt) and forgets it there, or nil.
+func (s *Scheduler) takeRebuiltLocked(key actionKey) *operation {
+	ops := s.adopt.rebuilt[key]
+	defer func() {
+		if len(s.adopt.rebuilt[key]) == 0 {
+			delete(s.adopt.rebuilt, key)
+		}
+	}()
+	for len(ops) > 0 {
+		op := ops[0]
+		ops = ops[1:]
+		s.adopt.rebuilt[key] = ops
+		if s.ops[op.name] == op && op.queued() && op.lease == nil && !op.done && !op.finishing {
+			return op
+		}
+	}
+	return nil
+}
+
+// claimAdoptedLocked returns an operation of an adopted lease of do-not-cache action key that
+// no rebuilt name has claimed yet (running or finished and still remembered) and marks it
+// claimed, or nil. Each adopted execution answers one old name: two clients that ran the same
+// do-not-cache action before the restart each get an execution of their own.
+func (s *Scheduler) claimAdoptedLocked(key actionKey) *operation {
+	ops := s.adopt.unclaimed[key]
+	defer func() {
+		if len(s.adopt.unclaimed[key]) == 0 {
+			delete(s.adopt.unclaimed, key)
+		}
+	}()
+	for len(ops) > 0 {
+		op := ops[0]
+		ops = ops[1:]
+		s.adopt.unclaimed[key] = ops
+		if s.ops[op.name] == op {
+			return op
+		}
+	}
+	return nil
+}
+
+// forgetAdoptionLocked drops op from the adoption bookkeeping (it is forgotten).
+func (s *Scheduler) forgetAdoptionLocked(op *operation) {
+	key := actionKey{op.instance, op.action}
+	for _, m := range []map[actionKey][]*operation{s.adopt.unclaimed, s.adopt.rebuilt} {
+		if ops := slices.DeleteFunc(m[key], func(o *operation) bool { return o == op }); len(ops) > 0 {
+			m[key] = ops
+		} else {
+			delete(m, key)
+		}
+	}
+	if s.adopt.ops[key] == op {
+		delete(s.adopt.ops, key)
+	}
 }

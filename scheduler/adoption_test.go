@@ -126,3 +126,58 @@ func TestAdoptionWindowHoldsNewWork(t *testing.T) {
 		t.Fatalf("after the window: %v", got.Leases)
 	}
 }
+
+// In single-process mode (no adoption window) a restarted scheduler runs a do-not-cache action
+// once when the bot still running it reports its lease, whether the client's WaitExecution on
+// its old name or the bot's report comes first. Such actions are never joined by Execute, but
+// the old name is that very execution.
+func TestRestartAdoptsDoNotCacheLeaseInEitherOrder(t *testing.T) {
+	for _, clientFirst := range []bool{false, true} {
+		t.Run("clientFirst="+strconv.FormatBool(clientFirst), func(t *testing.T) {
+			e := newEnv(t, scheduler.Config{})
+			d := e.putAction("not cached, runs across a restart", doNotCache())
+			_, op := e.run("", d)
+			b, reply := e.newBot("bot", 1)
+			if len(reply.Leases) != 1 {
+				t.Fatalf("leases %v", reply.Leases)
+			}
+			id := reply.Leases[0].Id
+			b.update(active(id))
+
+			e.start(scheduler.Config{})
+			var s repb.Execution_WaitExecutionClient
+			wait := func() {
+				var err error
+				if s, err = e.exec.WaitExecution(e.ctx, &repb.WaitExecutionRequest{Name: op.Name}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if clientFirst {
+				wait()
+				recvUntil(t, s, repb.ExecutionStage_QUEUED)
+			}
+			if got := b.update(); len(got.Leases) != 1 || got.Leases[0].Id != id {
+				t.Fatalf("reply after the restart %v: the adopted lease should be kept, alone", got.Leases)
+			}
+			if !clientFirst {
+				wait()
+			}
+			if first := recvUntil(t, s, repb.ExecutionStage_EXECUTING); first.Name != op.Name {
+				t.Fatalf("WaitExecution renamed the operation: %v", first)
+			}
+			if _, reply := e.newBot("bot2", 1); len(reply.Leases) != 0 {
+				t.Fatalf("the adopted action was handed out again: %v", reply.Leases)
+			}
+			b.update(completed(t, id, &repb.ActionResult{StdoutRaw: []byte("once")}, codes.OK))
+			if resp := responseOf(t, recvDone(t, s)); string(resp.Result.GetStdoutRaw()) != "once" {
+				t.Fatalf("final %v", resp)
+			}
+			if n := e.metric("buildfleet_scheduler_leases_handed_out_total"); n != 0 {
+				t.Fatalf("restarted scheduler handed out %v leases, want 0", n)
+			}
+			if n := e.metric("buildfleet_scheduler_leases_adopted_total"); n != 1 {
+				t.Fatalf("leases adopted = %v, want 1", n)
+			}
+		})
+	}
+}

@@ -122,6 +122,17 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 		}
 	}
 	doNotCache := checked.action.DoNotCache
+	// A do-not-cache action joins nothing in flight, but an old name is the execution a bot
+	// may already have reported running (or finished) after the restart.
+	if a.name != "" && doNotCache {
+		if op := s.claimAdoptedLocked(key); op != nil {
+			s.ops[a.name] = op
+			op.names = append(op.names, a.name)
+			s.log.Info().Str("action_digest", a.action.String()).Str("operation", a.name).Str("adopted_as", op.name).
+				Msg("Old operation name joined the adopted lease of its action")
+			return op, a.name, nil
+		}
+	}
 	if op := s.adoptedLocked(key); op != nil && !doNotCache {
 		if a.name != "" {
 			s.ops[a.name] = op
@@ -169,6 +180,13 @@ func (s *Scheduler) admit(ctx context.Context, a admission) (*operation, string,
 	}
 	s.log.Info().Str("action_digest", a.action.String()).Str("operation", name).Str("platform", op.platform.label()).
 		Str("invocation", a.invocation).Msg("Action queued")
+	if a.name != "" && doNotCache {
+		// A bot still running the action may report its lease next: it takes this one over.
+		if s.adopt.rebuilt == nil {
+			s.adopt.rebuilt = map[actionKey][]*operation{}
+		}
+		s.adopt.rebuilt[key] = append(s.adopt.rebuilt[key], op)
+	}
 	s.enqueueLocked(op)
 	return op, name, nil
 }

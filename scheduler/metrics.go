@@ -62,7 +62,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		leasesRequeued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "buildfleet", Subsystem: "scheduler", Name: "leases_requeued_total",
-			Help: "Leases whose action was queued again, by reason (expired, handed-back, retry, lost).",
+			Help: "Leases whose action was queued again, by reason (expired, handed-back, retry, lost, disconnected).",
 		}, []string{"reason"}),
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "buildfleet", Subsystem: "scheduler", Name: "actions_completed_total",

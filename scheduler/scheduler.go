@@ -216,6 +216,7 @@ func (s *Scheduler) stopTimerLocked() {
 
 // forgetOperationLocked drops a finished operation and its names and leases from memory.
 func (s *Scheduler) forgetOperationLocked(op *operation) {
+	s.forgetAdoptionLocked(op)
 	for _, n := range op.names {
 		if s.ops[n] == op {
 			delete(s.ops, n)

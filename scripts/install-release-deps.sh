@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install-release-deps.sh installs the release tool, idempotently: goreleaser v2.15.1, built from
 # the Go module proxy into .tools/bin (a few minutes the first time; nothing afterwards).
-# `make release`, `make snapshot` and the release tests (release/) use it.
+# `make release`, `make snapshot` and the release tests (packaging/) use it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS_DIR="${BUILDFLEET_TOOLS_DIR:-$PWD/.tools}"

@@ -8,9 +8,12 @@ import (
 	"testing"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/ext/tryfunc"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/function"
+	"github.com/zclconf/go-cty/cty/function/stdlib"
 )
 
 // config is one Terraform directory (a module or an example), parsed.
@@ -495,4 +498,53 @@ func TestCacheBucketModules(t *testing.T) {
 	member := gcp.resources["google_storage_bucket_iam_member.scheduler"].Body
 	expectRef(t, member, "bucket", "google_storage_bucket.cache.name")
 	expectLiteral(t, member, "role", cty.StringVal("roles/storage.objectUser"))
+}
+
+// TestReleaseURLValidation evaluates each spot-worker module's validation of release_url: an
+// https:// URL with a host and no query or fragment (the user-data appends
+// /VERSION/SHA256SUMS to it and fetches it with curl).
+func TestReleaseURLValidation(t *testing.T) {
+	funcs := map[string]function.Function{"can": tryfunc.CanFunc, "regex": stdlib.RegexFunc}
+	for _, dir := range []string{"modules/aws-spot-workers", "modules/gcp-spot-workers"} {
+		c := load(t, dir)
+		v := c.variables["release_url"]
+		if v == nil {
+			t.Fatalf("%s does not declare release_url", dir)
+		}
+		var conditions []hclsyntax.Expression
+		for _, b := range v.Body.Blocks {
+			if b.Type == "validation" {
+				conditions = append(conditions, b.Body.Attributes["condition"].Expr)
+			}
+		}
+		if len(conditions) == 0 {
+			t.Fatalf("%s: release_url has no validation", dir)
+		}
+		for url, want := range map[string]bool{
+			"https://github.com/buildfleet/buildfleet/releases/download": true,
+			"https://mirror.example.com":                                 true,
+			"https://mirror.example.com/releases/":                       true,
+			"https://mirror.example.com/releases?token=x":                false,
+			"https://mirror.example.com/releases#x":                      false,
+			"http://mirror.example.com/releases":                         false,
+			"s3://bucket/releases":                                       false,
+			"https:///releases":                                          false,
+			"":                                                           false,
+		} {
+			ok := true
+			for _, cond := range conditions {
+				got, diags := cond.Value(&hcl.EvalContext{
+					Variables: map[string]cty.Value{"var": cty.ObjectVal(map[string]cty.Value{"release_url": cty.StringVal(url)})},
+					Functions: funcs,
+				})
+				if diags.HasErrors() {
+					t.Fatalf("%s: release_url validation: %s", dir, diags)
+				}
+				ok = ok && got.True()
+			}
+			if ok != want {
+				t.Errorf("%s: release_url %q valid = %v, want %v", dir, url, ok, want)
+			}
+		}
+	}
 }

@@ -53,6 +53,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (bo
 	fs.IntVar(&c.Retry.Attempts, "retries", bootstrap.DefaultRetryPolicy.Attempts, "download attempts before giving up")
 	fs.DurationVar(&c.Retry.Initial, "retry-initial-backoff", bootstrap.DefaultRetryPolicy.Initial, "wait after the first failed download; doubles each time")
 	fs.DurationVar(&c.Retry.Max, "retry-max-backoff", bootstrap.DefaultRetryPolicy.Max, "longest wait between download attempts")
+	fs.DurationVar(&c.DownloadTimeout, "download-timeout", bootstrap.DefaultDownloadTimeout, "fail (and retry) an http(s) download attempt that makes no progress for this long: connecting, waiting for the response, or between bytes of the body")
 	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	showVersion := version.Register(fs)
 	flagenv.AnnotateUsage(fs, envPrefix)

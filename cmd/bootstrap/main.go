@@ -45,7 +45,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		return 2
 	}
 	logger := zerolog.New(logOut).With().Timestamp().Str("service", "bootstrap").Logger()
-	deps := bootstrap.SystemDependencies("buildfleet-bootstrap")
+	deps := bootstrap.SystemDependencies(config, "buildfleet-bootstrap")
 	deps.Out = stdout
 	b, err := bootstrap.New(config, deps, logger)
 	if err != nil {

@@ -241,6 +241,34 @@ func TestInterruptedDownloadIsRetried(t *testing.T) {
 	}
 }
 
+// A server that accepts and never answers fails each attempt after --download-timeout, so
+// --retries applies and the bootstrapper gives up instead of hanging.
+func TestStalledServerTimesOutAndRetries(t *testing.T) {
+	skipShort(t)
+	done := make(chan struct{})
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		select {
+		case <-r.Context().Done():
+		case <-done:
+		}
+	}))
+	defer srv.Close()
+	defer close(done)
+	path := filepath.Join(t.TempDir(), "worker")
+	r := runBootstrap(t, nil, append(installOnly(srv.URL, sum(payload), path), "--download-timeout=200ms", "--retries=2")...)
+	if r.code != 1 || !strings.Contains(r.stderr, "giving up after 2 attempts") || !strings.Contains(r.stderr, "no progress for 200ms") {
+		t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 after 2 timed-out attempts", r.code, r.stderr)
+	}
+	if n := requests.Load(); n != 2 {
+		t.Errorf("%d requests, want 2", n)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("%s exists after a failed download (%v)", path, err)
+	}
+}
+
 func TestExecReplacesItselfWithTheWorker(t *testing.T) {
 	skipShort(t)
 	srv := serve(t, fakeWorker, false)
@@ -306,6 +334,10 @@ func TestBadCommandLineExitsTwo(t *testing.T) {
 		{"--no-such-flag"},
 		{"--release-url=https://example.com/dl", "--release-version=../v1", "--no-systemd"},
 		{"--release-url=https://example.com/dl", "--release-version=v1", "--worker-url=https://example.com/worker", "--no-systemd"},
+		{"--worker-url=https://example.com/worker", "--worker-sha256=" + sum(nil), "--no-systemd", "--download-timeout=-1s"},
+		{"--release-url=https://example.com/dl?x=1", "--release-version=v1", "--no-systemd"},
+		{"--release-url=https://example.com/dl#frag", "--release-version=v1", "--no-systemd"},
+		{"--release-url=https://example.com/dl?", "--release-version=v1", "--no-systemd"},
 	} {
 		if r := runBootstrap(t, nil, args...); r.code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, r.code)

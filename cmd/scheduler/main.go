@@ -104,6 +104,9 @@ func run(args []string) error {
 	if maxBlob < 0 {
 		return fmt.Errorf("--max-blob-size=%s: must not be negative", maxBlob)
 	}
+	if err := positiveLimits(*opRetention, *maxOps, *uploadResume, *maxParked, int64(maxParkedSize)); err != nil {
+		return err
+	}
 	haOn, err := ha.enabled()
 	if err != nil {
 		return err
@@ -321,5 +324,23 @@ func run(args []string) error {
 		_ = ms.Shutdown(sctx)
 	}
 	logger.Info().Msg("stopped")
+	return nil
+}
+
+// positiveLimits refuses zero or negative retention and upload limits: each bounds memory or
+// disk, and none has an "off" value (a silent fallback to the default would surprise).
+func positiveLimits(opRetention time.Duration, maxOps int, uploadResume time.Duration, maxParked int, maxParkedBytes int64) error {
+	switch {
+	case opRetention <= 0:
+		return fmt.Errorf("--operation-retention=%s: must be positive", opRetention)
+	case maxOps <= 0:
+		return fmt.Errorf("--max-finished-operations=%d: must be positive", maxOps)
+	case uploadResume <= 0:
+		return fmt.Errorf("--upload-resume-timeout=%s: must be positive", uploadResume)
+	case maxParked <= 0:
+		return fmt.Errorf("--max-parked-uploads=%d: must be positive", maxParked)
+	case maxParkedBytes <= 0:
+		return fmt.Errorf("--max-parked-upload-size=%d: must be positive", maxParkedBytes)
+	}
 	return nil
 }

@@ -1,8 +1,9 @@
 // Package version tells which buildfleet build is running: the release version, the commit it
 // was built from, the build date and the Go version. Release builds (goreleaser, `make
 // release`) set them with -ldflags -X; other builds fall back to what the Go toolchain records
-// in the binary (debug.ReadBuildInfo: the module version for `go install …@vX`, the VCS
-// revision and commit time when built from a git checkout with -buildvcs).
+// in the binary (debug.ReadBuildInfo: the module version for `go install …@vX` or a clean
+// checkout of a tag, the VCS revision and commit time when built from a git checkout with
+// -buildvcs). Any other build is "devel", and reports itself as "devel+COMMIT" (see Short).
 package version
 
 import (
@@ -10,6 +11,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+
+	"golang.org/x/mod/module"
+	"golang.org/x/mod/semver"
 )
 
 // Set at link time by release builds, e.g.
@@ -54,7 +58,7 @@ func fromBuildInfo(v, c, d string, bi *debug.BuildInfo) Info {
 		if bi.GoVersion != "" {
 			info.GoVersion = bi.GoVersion
 		}
-		if info.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		if info.Version == "" && isReleaseVersion(bi.Main.Version) {
 			info.Version = strings.TrimPrefix(bi.Main.Version, "v")
 		}
 		for _, s := range bi.Settings {
@@ -76,6 +80,15 @@ func fromBuildInfo(v, c, d string, bi *debug.BuildInfo) Info {
 		info.Version = Devel
 	}
 	return info
+}
+
+// isReleaseVersion reports whether a module version from build info names a release: a
+// semantic version such as "v1.2.3" (go install …@v1.2.3, or a clean checkout of a tag), not
+// "(devel)", a pseudo-version ("v0.0.0-20261129080000-0123456789ab", which Go 1.24+ stamps on
+// a checkout between tags) or a version with build metadata ("v1.2.3+dirty": local changes).
+// Those builds are Devel, identified by their commit.
+func isReleaseVersion(v string) bool {
+	return semver.IsValid(v) && semver.Build(v) == "" && !module.IsPseudoVersion(v)
 }
 
 // Short is the version reported to other processes (a worker's BotSession.version): Version,

@@ -266,6 +266,7 @@ func TestScriptInstallsFromARelease(t *testing.T) {
 	sumsFor := func(bootstrap []byte) []byte {
 		return []byte(sum(bootstrap) + "  bootstrap-linux-" + arch + "\n" + sum(workerBin) + "  worker-linux-" + arch + "\n")
 	}
+	withoutBootstrap := []byte(sum(workerBin) + "  worker-linux-" + arch + "\n")
 	var mu sync.Mutex
 	var requests []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -288,12 +289,17 @@ func TestScriptInstallsFromARelease(t *testing.T) {
 		pinOf     []byte // what the pin is the sha256 of
 		wantOK    bool
 		wantFetch string
+		machine   string // what a fake `uname -m` prints; the real one when empty
+		wantOut   string // in the output when set
 	}{
-		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS"},
+		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS", "", ""},
 		{"bootstrapper not the one listed", sumsFor([]byte("another")), sumsFor([]byte("another")), false,
-			"SHA256SUMS bootstrap-linux-" + arch},
+			"SHA256SUMS bootstrap-linux-" + arch, "", ""},
+		{"release without this architecture's bootstrapper", withoutBootstrap, withoutBootstrap, false, "SHA256SUMS", "", "has no bootstrap-linux-" + arch},
+		{"unsupported machine", sumsFor(bootstrapBin), sumsFor(bootstrapBin), false, "SHA256SUMS", "riscv64",
+			"unsupported machine architecture 'riscv64'"},
 		{"right pin", sumsFor(bootstrapBin), sumsFor(bootstrapBin), true,
-			"SHA256SUMS bootstrap-linux-" + arch + " SHA256SUMS worker-linux-" + arch},
+			"SHA256SUMS bootstrap-linux-" + arch + " SHA256SUMS worker-linux-" + arch, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mu.Lock()
@@ -307,10 +313,21 @@ func TestScriptInstallsFromARelease(t *testing.T) {
 				tokenFile:     filepath.Join(root, "etc", "token"),
 				bootstrapArgs: []string{"--no-systemd", "--packages=none", "--install-path=" + filepath.Join(root, "bin", "worker")},
 			}
-			out, err := exec.Command("bash", writeScript(t, render(t, v))).CombinedOutput()
+			cmd := exec.Command("bash", writeScript(t, render(t, v)))
+			if tc.machine != "" {
+				fake := t.TempDir()
+				if err := os.WriteFile(filepath.Join(fake, "uname"), []byte("#!/bin/sh\necho "+tc.machine+"\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				cmd.Env = append(os.Environ(), "PATH="+fake+string(os.PathListSeparator)+os.Getenv("PATH"))
+			}
+			out, err := cmd.CombinedOutput()
 			t.Logf("user-data output:\n%s", out)
 			if (err == nil) != tc.wantOK {
 				t.Fatalf("user-data exit: %v, want success=%v", err, tc.wantOK)
+			}
+			if !bytes.Contains(out, []byte(tc.wantOut)) {
+				t.Errorf("output does not say %q", tc.wantOut)
 			}
 			mu.Lock()
 			got := strings.Join(requests, " ")
