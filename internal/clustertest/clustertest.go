@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfleet/buildfleet/internal/testproc"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -61,19 +62,7 @@ func (p *Process) Stop() {
 	if p.cmd == nil {
 		return
 	}
-	pid := p.cmd.Process.Pid
-	select {
-	case <-p.done:
-	default:
-		syscall.Kill(pid, syscall.SIGCONT)
-		syscall.Kill(pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-pid, syscall.SIGKILL)
-			<-p.done
-		}
-	}
+	testproc.Stop(p.cmd, p.done)
 	p.cmd = nil
 }
 
@@ -84,15 +73,7 @@ func (p *Process) Pause() { syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP) }
 func (p *Process) Resume() { syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT) }
 
 // FreeAddr returns a free 127.0.0.1:PORT.
-func FreeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+func FreeAddr(t testing.TB) string { t.Helper(); return testproc.FreeAddr(t) }
 
 // lookPath finds a Debian-installed engine, failing the test (skipping a benchmark) if it is
 // missing.

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/buildfleet/buildfleet/internal/testproc"
 )
 
 // Credentials of the versitygw root user the tests use. They are dummies: versitygw is local.
@@ -83,16 +84,6 @@ func findTool(t testing.TB, name string) string {
 	return ""
 }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // StartS3 starts versitygw with a POSIX backend in a temporary directory and creates bucket.
 func StartS3(t testing.TB, bucket string) *Server {
 	t.Helper()
@@ -104,7 +95,7 @@ func StartS3(t testing.TB, bucket string) *Server {
 			t.Fatal(err)
 		}
 	}
-	addr := freeAddr(t)
+	addr := testproc.FreeAddr(t)
 	s := &Server{t: t, name: "versitygw", bin: bin, addr: addr, log: filepath.Join(dir, "versitygw.log"),
 		args: []string{"--access", AccessKey, "--secret", SecretKey, "--region", Region, "--port", addr, "--quiet",
 			"posix", "--sidecar", sidecar, root}}
@@ -152,7 +143,7 @@ func StartGCS(t testing.TB, bucket string) *Server {
 	t.Helper()
 	bin := findTool(t, "fake-gcs-server")
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr := testproc.FreeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	s := &Server{t: t, name: "fake-gcs-server", bin: bin, addr: addr, log: filepath.Join(dir, "fake-gcs-server.log"),
 		args: []string{"-scheme", "http", "-host", "127.0.0.1", "-port", port, "-public-host", addr,
@@ -217,19 +208,7 @@ func (s *Server) Stop() {
 	if s.cmd == nil {
 		return
 	}
-	pid := s.cmd.Process.Pid
-	select {
-	case <-s.done:
-	default:
-		syscall.Kill(pid, syscall.SIGCONT)
-		syscall.Kill(pid, syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			syscall.Kill(-pid, syscall.SIGKILL)
-			<-s.done
-		}
-	}
+	testproc.Stop(s.cmd, s.done)
 	s.cmd = nil
 }
 
