@@ -61,15 +61,18 @@ bench:
 # SHA256SUMS) without publishing it; `make snapshot` does the same for any commit, versioned
 # X.Y.Z-SNAPSHOT-COMMIT. goreleaser reads the commit's date only from a checkout with a git
 # remote, so a checkout without one gets itself as origin, through the environment.
+# --parallelism 1: goreleaser puts binaries into an archive in the order their builds finish, so
+# parallel builds give tarballs whose bytes depend on timing; one build at a time keeps the order
+# of .goreleaser.yaml (go build itself still uses every core).
 GORELEASER := PATH="$(TOOLS)/bin:$$PATH" $(if $(shell git remote 2>/dev/null),,GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.origin.url GIT_CONFIG_VALUE_0=$(CURDIR)) goreleaser
 release-deps:
 	./scripts/install-release-deps.sh
 
 release: release-deps
-	$(GORELEASER) release --clean --skip=publish
+	$(GORELEASER) release --clean --parallelism 1 --skip=publish
 
 snapshot: release-deps
-	$(GORELEASER) release --clean --snapshot
+	$(GORELEASER) release --clean --parallelism 1 --snapshot
 
 clean:
 	rm -rf $(BIN) dist

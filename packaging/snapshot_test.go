@@ -96,7 +96,7 @@ func snapshot(out, tmp string, goarch []string, extraEnv []string) error {
 	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
 		return err
 	}
-	cmd := exec.Command(goreleaser, "release", "--snapshot", "--clean", "--config", cfgPath)
+	cmd := exec.Command(goreleaser, "release", "--snapshot", "--clean", "--parallelism", "1", "--config", cfgPath)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), gitRemoteEnv()...)
 	cmd.Env = append(cmd.Env, extraEnv...)
