@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -32,7 +33,7 @@ import (
 // Any of the Action's Digest. It hands out each lease once and records what the bot reports.
 type buildGridBots struct {
 	rwpb.UnimplementedBotsServer
-	clk *clock.Fake
+	clk clock.Clock
 
 	mu        sync.Mutex
 	pending   []*rwpb.Lease
@@ -199,36 +200,45 @@ func TestWorkerAcceptsBuildGridLeases(t *testing.T) {
 // A server that answers at once (BuildGrid while the bot holds leases) is not polled in a
 // tight loop: calls that report nothing new are paced on the clock.
 func TestWorkerPacesPollsOfServerThatDoesNotHold(t *testing.T) {
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	clk := clock.NewFake(epoch)
-	bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	rwpb.RegisterBotsServer(srv, bots)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bg", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	w, err := worker.New(worker.Config{WorkerID: "w1"}, conn, newGateExecutor("w1"), clk, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
-	updates := func() int { bots.mu.Lock(); defer bots.mu.Unlock(); return bots.updates }
-	eventually(t, "the worker polls", func() bool { return updates() >= 1 })
-	time.Sleep(50 * time.Millisecond) // a spinning worker would call hundreds of times meanwhile
-	if n := updates(); n != 1 {
-		t.Fatalf("%d UpdateBotSession calls without the clock moving, want 1", n)
-	}
-	clk.Advance(time.Second)
-	eventually(t, "the worker polls again a second later", func() bool { return updates() == 2 })
+	synctest.Test(t, func(t *testing.T) {
+		log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+		clk := bubbleClock{}
+		bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}
+		lis := bufconn.Listen(1 << 20)
+		srv := grpc.NewServer()
+		rwpb.RegisterBotsServer(srv, bots)
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+		conn, err := grpc.NewClient("passthrough:///bg", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		w, err := worker.New(worker.Config{WorkerID: "w1"}, conn, newGateExecutor("w1"), clk, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx, nil) }()
+		t.Cleanup(func() { cancel(); <-done })
+		updates := func() int { bots.mu.Lock(); defer bots.mu.Unlock(); return bots.updates }
+		// Once everything has settled without the clock moving, the worker has polled once: a
+		// spinning worker would never let the bubble settle, or would have called again.
+		synctest.Wait()
+		if n := updates(); n != 1 {
+			t.Fatalf("%d UpdateBotSession calls without the clock moving, want 1", n)
+		}
+		clk.Advance(time.Second - time.Millisecond)
+		if n := updates(); n != 1 {
+			t.Fatalf("%d UpdateBotSession calls within the first second, want 1", n)
+		}
+		clk.Advance(time.Millisecond)
+		if n := updates(); n != 2 {
+			t.Fatalf("%d UpdateBotSession calls a second on, want 2", n)
+		}
+	})
 }
 
 func equalStrings(a, b []string) bool {

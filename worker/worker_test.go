@@ -60,38 +60,39 @@ func TestWorkerRunsActionsWithRealRunner(t *testing.T) {
 // The worker never runs more actions than its slots, and starts the next one as soon as a
 // slot frees.
 func TestWorkerRespectsConcurrencySlots(t *testing.T) {
-	e := newEnv(t, scheduler.Config{})
-	names := []string{"a", "b", "c", "d", "e"}
-	g := newGateExecutor("w1", names...)
-	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 2}, g)
-	ops := map[string]*op{}
-	for _, n := range names {
-		ops[n] = e.execute(e.action("true", n, 0))
-	}
-	eventually(t, "two actions run", func() bool { _, _, running, _ := g.snapshot(); return running == 2 })
-	for done := 0; done < len(names); done++ {
-		started, _, _, _ := g.snapshot()
-		if len(started) > done+2 {
-			t.Fatalf("%d actions started with %d finished and 2 slots", len(started), done)
+	inBubble(t, scheduler.Config{}, func(t *testing.T, e *env) {
+		names := []string{"a", "b", "c", "d", "e"}
+		g := newGateExecutor("w1", names...)
+		e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 2}, g)
+		ops := map[string]*op{}
+		for _, n := range names {
+			ops[n] = e.execute(e.action("true", n, 0))
 		}
-		name := started[len(started)-1]
-		if done < len(started) {
-			name = started[done]
+		e.settled("two actions run", func() bool { _, _, running, _ := g.snapshot(); return running == 2 })
+		for done := 0; done < len(names); done++ {
+			started, _, _, _ := g.snapshot()
+			if len(started) > done+2 {
+				t.Fatalf("%d actions started with %d finished and 2 slots", len(started), done)
+			}
+			name := started[len(started)-1]
+			if done < len(started) {
+				name = started[done]
+			}
+			g.open(name)
+			if resp := ops[name].wait(t); string(resp.GetResult().GetStdoutRaw()) != name+" ran on w1" {
+				t.Fatalf("result of %s: %v", name, resp.GetResult())
+			}
+			if want := min(len(names), done+3); done+1 < len(names) {
+				e.settled(fmt.Sprintf("%d actions have started", want), func() bool {
+					started, _, _, _ := g.snapshot()
+					return len(started) == want
+				})
+			}
 		}
-		g.open(name)
-		if resp := ops[name].wait(t); string(resp.GetResult().GetStdoutRaw()) != name+" ran on w1" {
-			t.Fatalf("result of %s: %v", name, resp.GetResult())
+		if _, _, _, peak := g.snapshot(); peak != 2 {
+			t.Errorf("at most %d actions ran at once, want 2", peak)
 		}
-		if want := min(len(names), done+3); done+1 < len(names) {
-			eventually(t, fmt.Sprintf("%d actions have started", want), func() bool {
-				started, _, _, _ := g.snapshot()
-				return len(started) == want
-			})
-		}
-	}
-	if _, _, _, peak := g.snapshot(); peak != 2 {
-		t.Errorf("at most %d actions ran at once, want 2", peak)
-	}
+	})
 }
 
 // CancelOperation withdraws the lease: the worker kills the running process and frees the
