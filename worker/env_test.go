@@ -6,11 +6,9 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -403,27 +401,6 @@ func (e *env) newRunner(id string) *runner.Runner {
 	return r
 }
 
-// eventually polls cond until it holds, failing the test after a while.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// pidAlive reports whether process pid exists.
-func pidAlive(pid int) bool {
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return false
-	}
-	return p.Signal(syscall.Signal(0)) == nil
-}
-
 var runtimeGOARCH = runtime.GOARCH
 
 func codesOf(err error) codes.Code { return status.Code(err) }
@@ -444,35 +421,19 @@ func (e *env) settled(what string, cond func() bool) {
 // maxSteps bounds advanceUntil in a bubble.
 const maxSteps = 1000
 
-// advanceUntil moves the clock on by step until cond holds. In a bubble each step returns once
-// everything is blocked again, and cond is checked then. On a fake clock, after each step it
-// gives the code under test a moment to react (until it arms a new timer, or briefly), so that
-// fake time does not race ahead of it (gRPC's reconnection backoff runs on the real clock).
+// advanceUntil moves the bubble's clock on by step until cond holds; each step returns once
+// everything is blocked again, and cond is checked then. Only for an env in a bubble.
 func (e *env) advanceUntil(t *testing.T, what string, step time.Duration, cond func() bool) {
 	t.Helper()
-	if e.bubble {
-		synctest.Wait()
-		for i := 0; !cond(); i++ {
-			if i == maxSteps {
-				t.Fatalf("%d steps of %v did not bring about that %s (clock at %v)", maxSteps, step, what, e.clk.Now())
-			}
-			e.clk.Advance(step)
-		}
-		return
+	if !e.bubble {
+		t.Fatal("advanceUntil needs an env in a synctest bubble")
 	}
-	fake := e.clk.(*clock.Fake)
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s (fake clock at %v)", what, e.clk.Now())
+	synctest.Wait()
+	for i := 0; !cond(); i++ {
+		if i == maxSteps {
+			t.Fatalf("%d steps of %v did not bring about that %s (clock at %v)", maxSteps, step, what, e.clk.Now())
 		}
-		armed := fake.Armed()
-		fake.Advance(step)
-		select {
-		case <-armed:
-			time.Sleep(2 * time.Millisecond) // reconnections run on real time
-		case <-time.After(20 * time.Millisecond):
-		}
+		e.clk.Advance(step)
 	}
 }
 
