@@ -116,7 +116,7 @@ func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 // Action from CAS), reports COMPLETED with an Any of the ActionResult, and completes leases it
 // cannot run with the reason: an unknown payload type, an Action missing from CAS.
 func TestWorkerAcceptsBuildGridLeases(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 		clk := bubbleClock{}
 		cas, err := storage.NewDiskBlobStore(t.TempDir(), 1<<20, log, nil)
@@ -202,7 +202,7 @@ func TestWorkerAcceptsBuildGridLeases(t *testing.T) {
 // A server that answers at once (BuildGrid while the bot holds leases) is not polled in a
 // tight loop: calls that report nothing new are paced on the clock.
 func TestWorkerPacesPollsOfServerThatDoesNotHold(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 		clk := bubbleClock{}
 		bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}

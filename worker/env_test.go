@@ -121,11 +121,29 @@ func newEnv(t *testing.T, cfg scheduler.Config) *env {
 // never comes fails instead of spinning the fake clock for ever.
 func inBubble(t *testing.T, cfg scheduler.Config, f func(t *testing.T, e *env)) {
 	t.Helper()
-	synctest.Test(t, func(t *testing.T) {
+	bubble(t, func(t *testing.T) {
 		e := newEnvOn(t, cfg, bubbleClock{}, 2*time.Hour)
 		e.bubble = true
 		f(t, e)
 	})
+}
+
+// bubbleWatchdog bounds, in real time, how long a bubble may run. A bubble whose goroutines
+// never block (a worker calling the scheduler in a tight loop) never settles, so neither
+// synctest.Wait nor the bubble's fake clock can end the test; the watchdog does.
+const bubbleWatchdog = 2 * time.Minute
+
+// bubble runs f with synctest.Test, ending the test binary with a clear message if the
+// bubble is still running after bubbleWatchdog of real time.
+func bubble(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	name := t.Name()
+	watchdog := time.AfterFunc(bubbleWatchdog, func() {
+		panic(name + ": the synctest bubble did not settle within " + bubbleWatchdog.String() +
+			" of real time (is something in it spinning instead of blocking?)")
+	})
+	defer watchdog.Stop()
+	synctest.Test(t, f)
 }
 
 func newEnvOn(t *testing.T, cfg scheduler.Config, clk testClock, timeout time.Duration) *env {
