@@ -122,9 +122,7 @@ func newEnv(t *testing.T, cfg scheduler.Config) *env {
 func inBubble(t *testing.T, cfg scheduler.Config, f func(t *testing.T, e *env)) {
 	t.Helper()
 	bubble(t, func(t *testing.T) {
-		e := newEnvOn(t, cfg, bubbleClock{}, 2*time.Hour)
-		e.bubble = true
-		f(t, e)
+		f(t, newEnvOn(t, cfg, bubbleClock{}, 2*time.Hour))
 	})
 }
 
@@ -152,6 +150,7 @@ func newEnvOn(t *testing.T, cfg scheduler.Config, clk testClock, timeout time.Du
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx, clk: clk, cfg: cfg,
 		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
+	_, e.bubble = clk.(bubbleClock)
 	if testing.Verbose() {
 		e.log = e.log.Level(zerolog.DebugLevel)
 	}
@@ -216,6 +215,13 @@ func (e *env) restart() {
 
 // dial returns a connection that reaches whichever server is up, reconnecting quickly.
 func (e *env) dial() *grpc.ClientConn {
+	bo := backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond}
+	if e.bubble {
+		// In a bubble every reconnection attempt is a step of the fake clock: fewer of them
+		// keep a scheduler outage of minutes cheap, and a quarter of a second is still well
+		// inside the worker's own one-second retry.
+		bo = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.5, MaxDelay: 250 * time.Millisecond}
+	}
 	conn, err := grpc.NewClient("passthrough:///buildfleet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			e.mu.Lock()
@@ -226,7 +232,7 @@ func (e *env) dial() *grpc.ClientConn {
 			}
 			return lis.DialContext(ctx)
 		}),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond}, MinConnectTimeout: time.Second}),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: time.Second}),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		e.t.Fatal(err)
@@ -341,7 +347,7 @@ func (e *env) execute(d digest.Digest) *op {
 			}
 			select { // a client's retry delay, not a wait for expiry
 			case <-e.ctx.Done():
-			case <-time.After(5 * time.Millisecond):
+			case <-time.After(100 * time.Millisecond):
 			}
 		}
 		o.done <- opResult{err: e.ctx.Err()}

@@ -23,13 +23,11 @@ func TestWorkerDeliversResultsAfterSchedulerOutage(t *testing.T) {
 		g.open("a")
 		e.settled("the action finished", func() bool { _, _, running, _ := g.snapshot(); return running == 0 })
 		// The worker retries in vain for a minute meanwhile; the client hears nothing.
-		for range 60 {
-			e.clk.Advance(time.Second)
-			select {
-			case r := <-o.done:
-				t.Fatalf("the client got %v / %v while the scheduler was down", r.resp, r.err)
-			default:
-			}
+		e.clk.Advance(time.Minute)
+		select {
+		case r := <-o.done:
+			t.Fatalf("the client got %v / %v while the scheduler was down", r.resp, r.err)
+		default:
 		}
 		e.up()
 		done := make(chan opResult, 1)
