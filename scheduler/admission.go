@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/relpath"
 	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
@@ -227,17 +228,16 @@ func checkCommand(d digest.Digest, c *repb.Command) error {
 	if len(c.OutputNodeProperties) > 0 {
 		return status.Errorf(codes.InvalidArgument, "Command %s asks for output node property %q, which this server does not recognize", d, c.OutputNodeProperties[0])
 	}
+	// REAPI: output paths "MUST NOT include a trailing slash, nor a leading slash"; buildfleet
+	// accepts only canonical relative paths (relpath), so that one output has one spelling and
+	// stays inside the action's directory. The empty path is the working directory itself (the
+	// REAPI allows it for output directories; the working directory "" is the input root).
 	check := func(kind, p string) error {
-		if strings.HasPrefix(p, "/") {
-			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: absolute path", kind, p, d)
+		if p == "" {
+			return nil
 		}
-		for _, part := range strings.Split(p, "/") {
-			if part == ".." {
-				return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: contains '..'", kind, p, d)
-			}
-		}
-		if strings.ContainsRune(p, 0) {
-			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: contains NUL", kind, p, d)
+		if err := relpath.Check(p); err != nil {
+			return status.Errorf(codes.InvalidArgument, "Invalid %s %q in command %s: %v", kind, p, d, err)
 		}
 		return nil
 	}
@@ -256,10 +256,8 @@ func checkCommand(d digest.Digest, c *repb.Command) error {
 			return err
 		}
 	}
-	if c.WorkingDirectory != "" {
-		if err := check("working directory", c.WorkingDirectory); err != nil {
-			return err
-		}
+	if err := check("working directory", c.WorkingDirectory); err != nil {
+		return err
 	}
 	return nil
 }

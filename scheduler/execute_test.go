@@ -295,6 +295,14 @@ func TestInvalidRequestsAreRejected(t *testing.T) {
 		{"absolute output path", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputPaths: []string{"/etc/passwd"}}).Proto()}, "absolute path"},
 		{"escaping output file", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputFiles: []string{"a/../../b"}}).Proto()}, "contains '..'"},
 		{"escaping output directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputDirectories: []string{".."}}).Proto()}, "contains '..'"},
+		{"trailing slash output file", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputFiles: []string{"a/"}}).Proto()}, `output file "a/" in command`},
+		{"dot output path", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputPaths: []string{"./a"}}).Proto()}, "contains '.' segment"},
+		{"inner dot output path", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputPaths: []string{"a/./b"}}).Proto()}, "contains '.' segment"},
+		{"double slash output file", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputFiles: []string{"a//b"}}).Proto()}, "empty segment"},
+		{"second spelling of an output directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputDirectories: []string{"d", "d/"}}).Proto()}, `output directory "d/" in command`},
+		{"trailing slash working directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, WorkingDirectory: "a/"}).Proto()}, "trailing slash"},
+		{"dot working directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, WorkingDirectory: "./"}).Proto()}, `working directory "./"`},
+		{"escaping working directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, WorkingDirectory: "a/.."}).Proto()}, "contains '..'"},
 		{"unrecognized output node property", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputNodeProperties: []string{"mtime"}}).Proto()}, `output node property "mtime"`},
 	}
 	for _, c := range cases {

@@ -3,7 +3,6 @@ package storage
 import (
 	"bytes"
 	"context"
-	"strings"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/relpath"
 	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
@@ -117,26 +117,18 @@ func (a *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 }
 
 // internalize validates the paths and digests of result and moves its inline data into the
-// CAS, so the stored result refers to blobs only.
+// CAS, so the stored result refers to blobs only. Every path and digest is checked before any
+// inline data is stored.
 func (a *actionCacheServer) internalize(ctx context.Context, result *repb.ActionResult) error {
+	if err := checkResultPaths(result); err != nil {
+		return err
+	}
 	for _, f := range result.GetOutputFiles() {
-		if err := checkOutputPath(f.GetPath()); err != nil {
-			return err
-		}
 		if _, err := digest.FromProto(f.GetDigest()); err != nil {
 			return rpcstatus.WrapCode(err, codes.InvalidArgument, "output file %q", f.GetPath())
 		}
-		if len(f.Contents) > 0 {
-			if err := a.storeInline(ctx, f.GetDigest(), f.Contents, "output file "+f.GetPath()); err != nil {
-				return err
-			}
-			f.Contents = nil
-		}
 	}
 	for _, dir := range result.GetOutputDirectories() {
-		if err := checkOutputPath(dir.GetPath()); err != nil && dir.GetPath() != "" {
-			return err
-		}
 		if _, err := digest.FromProto(dir.GetTreeDigest()); err != nil {
 			return rpcstatus.WrapCode(err, codes.InvalidArgument, "output directory %q", dir.GetPath())
 		}
@@ -146,11 +138,12 @@ func (a *actionCacheServer) internalize(ctx context.Context, result *repb.Action
 			}
 		}
 	}
-	for _, group := range [][]*repb.OutputSymlink{result.GetOutputSymlinks(), result.GetOutputFileSymlinks(), result.GetOutputDirectorySymlinks()} {
-		for _, l := range group {
-			if err := checkOutputPath(l.GetPath()); err != nil {
+	for _, f := range result.GetOutputFiles() {
+		if len(f.Contents) > 0 {
+			if err := a.storeInline(ctx, f.GetDigest(), f.Contents, "output file "+f.GetPath()); err != nil {
 				return err
 			}
+			f.Contents = nil
 		}
 	}
 	var err error
@@ -193,13 +186,44 @@ func (a *actionCacheServer) storeInline(ctx context.Context, p *repb.Digest, dat
 	return a.cas.Put(ctx, d, bytes.NewReader(data))
 }
 
-// checkOutputPath refuses empty and absolute output paths.
-func checkOutputPath(p string) error {
-	if p == "" {
-		return status.Error(codes.InvalidArgument, "empty output path")
+// checkResultPaths refuses output paths that are not canonical relative paths (relpath):
+// absolute, empty, with a trailing slash, "//", "." or ".." segments. Only an output directory
+// may have the empty path (the whole working directory, as REAPI allows for output_directories).
+// Symlink targets are not paths of the result and are not checked: REAPI allows relative
+// targets with "..".
+func checkResultPaths(result *repb.ActionResult) error {
+	check := func(field, p string) error {
+		if err := relpath.Check(p); err != nil {
+			return status.Errorf(codes.InvalidArgument, "%s path %q: %v", field, p, err)
+		}
+		return nil
 	}
-	if strings.HasPrefix(p, "/") {
-		return status.Errorf(codes.InvalidArgument, "output path %q is absolute", p)
+	for _, f := range result.GetOutputFiles() {
+		if err := check("output_files", f.GetPath()); err != nil {
+			return err
+		}
+	}
+	for _, dir := range result.GetOutputDirectories() {
+		if dir.GetPath() == "" {
+			continue
+		}
+		if err := check("output_directories", dir.GetPath()); err != nil {
+			return err
+		}
+	}
+	for _, group := range []struct {
+		field    string
+		symlinks []*repb.OutputSymlink
+	}{
+		{"output_symlinks", result.GetOutputSymlinks()},
+		{"output_file_symlinks", result.GetOutputFileSymlinks()},
+		{"output_directory_symlinks", result.GetOutputDirectorySymlinks()},
+	} {
+		for _, l := range group.symlinks {
+			if err := check(group.field, l.GetPath()); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -222,7 +222,7 @@ func TestActionCacheService(t *testing.T) {
 			fmt.Sprintf("Failed to update action result for %s: inline contents of output file x have digest %s, not %s", action3, digest.FromBytes([]byte("lies")), file)},
 		{"absolute path", &repb.UpdateActionResultRequest{ActionDigest: action3.Proto(), ActionResult: &repb.ActionResult{
 			OutputFiles: []*repb.OutputFile{{Path: "/etc/passwd", Digest: file.Proto()}}}},
-			fmt.Sprintf("Failed to update action result for %s: output path \"/etc/passwd\" is absolute", action3)},
+			fmt.Sprintf("Failed to update action result for %s: output_files path \"/etc/passwd\": absolute path", action3)},
 		{"no result", &repb.UpdateActionResultRequest{ActionDigest: action3.Proto()},
 			fmt.Sprintf("Failed to update action result for %s: missing action_result", action3)},
 		{"bad action digest", &repb.UpdateActionResultRequest{ActionDigest: &repb.Digest{Hash: "zz"}, ActionResult: &repb.ActionResult{}},
