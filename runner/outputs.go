@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -158,7 +159,7 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		fd, err := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		fd, err := openRegular(pfd, base, s.name)
 		if err != nil {
 			return wrapOutput(err, s.name)
 		}
@@ -234,8 +235,15 @@ func (c *outputCollector) collectOne(o *outputs, s outputSpec, result *repb.Acti
 // symlink to one) listed in output_files, a regular file (or a symlink to one) listed in
 // output_directories. output_paths accepts every kind. A symlink whose target is absent or
 // outside the input root has no kind to check and is reported as a symlink.
+//
+// An output that is neither a regular file, a directory nor a symlink (a FIFO, a socket, a
+// device) cannot be carried by an ActionResult, yet REAPI says an output that existed after the
+// action "will be present": it is FAILED_PRECONDITION in every field, never left out.
 func (c *outputCollector) checkKind(s outputSpec, mode uint32) error {
 	if s.kind == outputAny {
+		if mode != unix.S_IFREG && mode != unix.S_IFDIR && mode != unix.S_IFLNK {
+			return specialFileError(s.name, mode)
+		}
 		return nil
 	}
 	what := "a regular file"
@@ -261,7 +269,7 @@ func (c *outputCollector) checkKind(s outputSpec, mode uint32) error {
 			what = "a symbolic link to a special file"
 		}
 	} else if mode != unix.S_IFREG && mode != unix.S_IFDIR {
-		return nil // Sockets, FIFOs and devices are left out.
+		return specialFileError(s.name, mode)
 	}
 	switch {
 	case s.kind == outputFile && mode != unix.S_IFREG:
@@ -270,6 +278,46 @@ func (c *outputCollector) checkKind(s outputSpec, mode uint32) error {
 		return status.Errorf(codes.FailedPrecondition, "Output directory %q is %s, not a directory (list files in output_files, or use output_paths)", s.name, what)
 	}
 	return nil
+}
+
+// specialFileName names the kind of a file that is not a regular file, directory or symlink.
+func specialFileName(mode uint32) string {
+	switch mode {
+	case unix.S_IFIFO:
+		return "a FIFO (named pipe)"
+	case unix.S_IFSOCK:
+		return "a Unix socket"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	}
+	return fmt.Sprintf("a special file (mode %#o)", mode)
+}
+
+// specialFileError is the FAILED_PRECONDITION for an output naming a special file.
+func specialFileError(name string, mode uint32) error {
+	return status.Errorf(codes.FailedPrecondition, "Output %q is %s: only regular files, directories and symbolic links can be outputs", name, specialFileName(mode))
+}
+
+// openRegular opens the regular file base in dirfd for reading. O_NONBLOCK keeps the open
+// from blocking if the file was replaced by a FIFO since it was stat'ed; the file is checked
+// again once open. name is the output's path, for the error.
+func openRegular(dirfd int, base, name string) (int, error) {
+	fd, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if mode := st.Mode & unix.S_IFMT; mode != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, status.Errorf(codes.FailedPrecondition, "Output %q changed to %s while it was collected", name, specialFileName(mode))
+	}
+	return fd, nil
 }
 
 // checkSymlinkTarget refuses an output symlink with an absolute target with
@@ -308,8 +356,16 @@ func readlinkat(dirfd int, name string) (string, error) {
 func (c *outputCollector) opener(rel string) func() (*os.File, error) {
 	dir := c.dir
 	return func() (*os.File, error) {
-		fd, err := dir.openBeneath(rel, unix.O_RDONLY|unix.O_NOFOLLOW)
+		fd, err := dir.openBeneath(rel, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
 		if err != nil {
+			return nil, err
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
+			if err == nil {
+				err = status.Errorf(codes.FailedPrecondition, "Output %q changed to %s after it was collected", rel, specialFileName(st.Mode&unix.S_IFMT))
+			}
 			return nil, err
 		}
 		return os.NewFile(uintptr(fd), rel), nil
@@ -400,7 +456,7 @@ func (tb *treeBuilder) walk(fd int, rel string) (*repb.Directory, error) {
 		childRel := filepath.Join(rel, name)
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
-			cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			cfd, err := openRegular(fd, name, childRel)
 			if err != nil {
 				return nil, err
 			}
@@ -441,7 +497,9 @@ func (tb *treeBuilder) walk(fd int, rel string) (*repb.Directory, error) {
 			}
 			dir.Directories = append(dir.Directories, &repb.DirectoryNode{Name: name, Digest: d.Proto()})
 		default:
-			// Sockets, FIFOs and devices cannot be represented; they are left out.
+			// Sockets, FIFOs and devices cannot be represented in a Tree; leaving them out
+			// would cache a directory that is not what the action made.
+			return nil, status.Errorf(codes.FailedPrecondition, "Output directory contains %q, which is %s: only regular files, directories and symbolic links can be outputs", childRel, specialFileName(st.Mode&unix.S_IFMT))
 		}
 	}
 	return dir, nil

@@ -30,6 +30,12 @@ func TestRefusedActionsReportInExecuteResponseAndAreNotCached(t *testing.T) {
 		{"directory listed in output_files",
 			&repb.Command{Arguments: []string{"/bin/sh", "-c", "mkdir -p isdir/sub; echo x > isdir/sub/f"}, OutputFiles: []string{"isdir"}},
 			codes.FailedPrecondition, `Output file "isdir" is a directory`},
+		{"FIFO listed in output_files",
+			&repb.Command{Arguments: []string{"/bin/sh", "-c", "mkfifo p"}, OutputFiles: []string{"p"}},
+			codes.FailedPrecondition, `Output "p" is a FIFO (named pipe)`},
+		{"FIFO inside an output_paths directory",
+			&repb.Command{Arguments: []string{"/bin/sh", "-c", "mkdir d; mkfifo d/p"}, OutputPaths: []string{"d"}},
+			codes.FailedPrecondition, `Output directory contains "d/p", which is a FIFO (named pipe)`},
 	} {
 		a := &repb.Action{CommandDigest: e.put(tc.cmd).Proto(), InputRootDigest: e.put(&repb.Directory{}).Proto()}
 		d := e.put(a)
