@@ -36,9 +36,6 @@ import (
 	"github.com/buildfleet/buildfleet/storage"
 )
 
-// shutdownSettle is how long shutdown waits before it trusts the count of calls in flight.
-const shutdownSettle = 100 * time.Millisecond
-
 func main() {
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "scheduler:", err)
@@ -174,8 +171,6 @@ func run(args []string) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
-	calls := newInflightCalls()
-	opts = append(opts, calls.ServerOptions()...)
 	opts = append(opts, authz.ServerOptions()...)
 	useTLS := *tlsCert != "" || *tlsKey != ""
 	if useTLS {
@@ -296,27 +291,17 @@ func run(args []string) error {
 		sched.Close()
 	}
 	<-nodeDone // the replica resigned: the next leader takes over at once
-	grace := time.After(*shutdownGrace)
-	// Calls whose streams the server had received before it stopped taking new ones reach
-	// their handlers (and are counted) within the settle time; only then is the count trusted.
-	settle := time.After(shutdownSettle)
-	var idle <-chan struct{}
-	for stopped := false; !stopped; {
-		select {
-		case <-done:
-			stopped = true
-		case <-settle:
-			settle, idle = nil, calls.Idle()
-		case <-idle:
-			// Every call has finished: connections of idle clients are closed now rather than
-			// when each client gets round to it, so a restart takes milliseconds.
-			srv.Stop()
-			stopped = true
-		case <-grace:
-			logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
-			srv.Stop()
-			stopped = true
-		}
+	// GracefulStop returns once every connection is closed. gRPC closes a draining connection
+	// itself once the last byte of its last stream (a Read's tail, a Write's WriteResponse, the
+	// trailers) is written, within a second of it if the client does not close first. Closing
+	// connections as soon as no handler runs would cut off what a returned handler left queued
+	// in the transport, so only the grace period ends the wait early.
+	select {
+	case <-done:
+	case <-time.After(*shutdownGrace):
+		logger.Warn().Dur("grace", *shutdownGrace).Msg("in-flight RPCs still open after the grace period; closing them")
+		srv.Stop()
+		<-done
 	}
 	if ms != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
