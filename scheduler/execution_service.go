@@ -239,6 +239,24 @@ func (s *Scheduler) cacheLookup(ctx context.Context, a admission) *operation {
 // CAS. A malformed name is INVALID_ARGUMENT; an unknown name whose Action is not in the
 // CAS is NOT_FOUND. An unknown name whose inputs are missing or invalid gives a finished
 // operation carrying that error.
+// rebuildable parses the name of an operation the scheduler does not know and checks that it
+// could be rebuilt from it: INVALID_ARGUMENT for a malformed name, NOT_FOUND when its action is
+// not in the CAS (the operation no longer exists anywhere).
+func (s *Scheduler) rebuildable(ctx context.Context, name string) (operationName, error) {
+	n, err := parseOperationName(name)
+	if err != nil {
+		return n, err
+	}
+	missing, err := s.cas.FindMissing(ctx, []digest.Digest{n.action})
+	if err != nil {
+		return n, rpcstatus.Wrap(err, "Failed to look up action %s", n.action)
+	}
+	if len(missing) > 0 {
+		return n, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)
+	}
+	return n, nil
+}
+
 func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error) {
 	s.enter()
 	op := s.ops[name]
@@ -246,16 +264,9 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 	if op != nil {
 		return op, nil
 	}
-	n, err := parseOperationName(name)
+	n, err := s.rebuildable(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	missing, err := s.cas.FindMissing(ctx, []digest.Digest{n.action})
-	if err != nil {
-		return nil, rpcstatus.Wrap(err, "Failed to look up action %s", n.action)
-	}
-	if len(missing) > 0 {
-		return nil, status.Errorf(codes.NotFound, "Operation %s is unknown and its action %s is not in the CAS", name, n.action)
 	}
 	// An operation forgotten after CompletedRetention (or lost in a restart) usually finished:
 	// its result in the action cache answers it without running the action again.

@@ -70,19 +70,22 @@ func (o *operationsService) WaitOperation(ctx context.Context, req *longrunningp
 // CancelOperation cancels a queued or running operation: it leaves the queue, or its lease
 // vanishes from the bot's next reply, and it finishes with CANCELLED. When other clients joined
 // the same execution under names of their own, only this name ends (CANCELLED) and the
-// execution goes on for them. Cancelling a finished or unknown (well-formed) operation does
-// nothing.
+// execution goes on for them. Cancelling a finished operation, or an unknown one whose action is
+// in the CAS, does nothing; an unknown one whose action is not is NOT_FOUND.
 func (o *operationsService) CancelOperation(ctx context.Context, req *longrunningpb.CancelOperationRequest) (*emptypb.Empty, error) {
 	s := o.s
 	s.enter()
-	defer s.leave()
 	op := s.ops[req.Name]
 	if op == nil {
-		if _, err := parseOperationName(req.Name); err != nil {
+		s.leave()
+		// Unknown here: NOT_FOUND unless it could be rebuilt (as GetOperation and
+		// WaitExecution would), in which case nothing of it runs here to cancel.
+		if _, err := s.rebuildable(ctx, req.Name); err != nil {
 			return nil, err
 		}
 		return &emptypb.Empty{}, nil
 	}
+	defer s.leave()
 	if op.done || op.finishing {
 		return &emptypb.Empty{}, nil
 	}
@@ -98,18 +101,21 @@ func (o *operationsService) CancelOperation(ctx context.Context, req *longrunnin
 	return &emptypb.Empty{}, nil
 }
 
-// DeleteOperation forgets an operation name (an unknown well-formed name is a no-op). The
+// DeleteOperation forgets an operation name (an unknown name is NOT_FOUND unless its action
+// is in the CAS, then a no-op). The
 // execution itself goes on for other names.
 func (o *operationsService) DeleteOperation(ctx context.Context, req *longrunningpb.DeleteOperationRequest) (*emptypb.Empty, error) {
 	s := o.s
 	s.enter()
-	defer s.leave()
 	if _, ok := s.ops[req.Name]; !ok {
-		if _, err := parseOperationName(req.Name); err != nil {
+		s.leave()
+		// As CancelOperation: NOT_FOUND unless the name could be rebuilt.
+		if _, err := s.rebuildable(ctx, req.Name); err != nil {
 			return nil, err
 		}
 		return &emptypb.Empty{}, nil
 	}
+	defer s.leave()
 	delete(s.ops, req.Name)
 	return &emptypb.Empty{}, nil
 }

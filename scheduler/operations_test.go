@@ -100,6 +100,24 @@ func TestOperationNamesAreValidated(t *testing.T) {
 		_, err = s.Recv()
 	}
 	checkStatus(t, err, codes.NotFound, "is not in the CAS")
+	// Every call on that name agrees it does not exist (CancelOperation and DeleteOperation used
+	// to answer OK).
+	_, err = e.ops.GetOperation(e.ctx, &longrunningpb.GetOperationRequest{Name: name})
+	checkStatus(t, err, codes.NotFound, "is not in the CAS")
+	_, err = e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: name})
+	checkStatus(t, err, codes.NotFound, "is not in the CAS")
+	_, err = e.ops.DeleteOperation(e.ctx, &longrunningpb.DeleteOperationRequest{Name: name})
+	checkStatus(t, err, codes.NotFound, "is not in the CAS")
+	// An unknown name whose action is in the CAS could be rebuilt: cancelling or deleting it
+	// is a no-op, not an error.
+	forgotten := e.putAction("forgotten")
+	name = "operations/8c7f0e2a-9f3c-4e5b-8a1d-2b6c4d8e0f11/" + forgotten.Hash + "-" + itoa(int(forgotten.Size))
+	if _, err := e.ops.CancelOperation(e.ctx, &longrunningpb.CancelOperationRequest{Name: name}); err != nil {
+		t.Errorf("CancelOperation of a rebuildable name: %v", err)
+	}
+	if _, err := e.ops.DeleteOperation(e.ctx, &longrunningpb.DeleteOperationRequest{Name: name}); err != nil {
+		t.Errorf("DeleteOperation of a rebuildable name: %v", err)
+	}
 	_, err = e.ops.ListOperations(e.ctx, &longrunningpb.ListOperationsRequest{})
 	checkStatus(t, err, codes.Unimplemented, "")
 }

@@ -11,7 +11,7 @@ import (
 const (
 	DefaultUpdateTimeout              = 60 * time.Second
 	DefaultMinBackoff                 = 250 * time.Millisecond
-	DefaultMaxBackoff                 = 30 * time.Second
+	DefaultMaxBackoff                 = 5 * time.Second
 	DefaultDrainTimeout               = 60 * time.Second
 	DefaultDrainSafetyMargin          = 10 * time.Second
 	DefaultHandBackGrace              = 5 * time.Second
@@ -40,7 +40,9 @@ type Config struct {
 	// before the expire_time the scheduler last gave.
 	UpdateTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the exponential backoff between attempts to reach an
-	// unreachable scheduler.
+	// unreachable scheduler (each delay jittered by up to a fifth either way). The default
+	// ceiling is low (5 s): a worker that reconnects late after a scheduler restart idles
+	// while builds wait in the queue, and a fleet's reconnections are cheap for the scheduler.
 	MinBackoff, MaxBackoff time.Duration
 
 	// DrainTimeout is the drain deadline for a notice that carries none.

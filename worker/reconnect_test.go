@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -100,6 +101,39 @@ func TestLongPollKeepsSessionAlive(t *testing.T) {
 		}
 		if _, stopped, _, _ := g.snapshot(); len(stopped) != 0 {
 			t.Errorf("actions stopped: %v", stopped)
+		}
+	})
+}
+
+// After a long outage (many failed attempts in a row, as after several scheduler restarts) the
+// worker's reconnection backoff has reached its default ceiling, which is low: once the
+// scheduler is back the worker takes a lease within DefaultMaxBackoff plus its jitter (it used
+// to wait up to 36 s while a build sat in the queue).
+func TestReconnectionBackoffIsCappedLow(t *testing.T) {
+	inBubble(t, scheduler.Config{SessionExpiry: time.Hour, DisconnectGrace: time.Hour}, func(t *testing.T, e *env) {
+		g := newGateExecutor("w1")
+		e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1, MinBackoff: worker.DefaultMinBackoff, MaxBackoff: worker.DefaultMaxBackoff}, g)
+		e.settled("the worker is serving", func() bool { return e.workerState("w1").State == scheduler.WorkerServing })
+		// Eight outages: where the last attempt falls before the scheduler is back varies, so
+		// one outage alone might not show a long ceiling.
+		for round := 0; round < 8; round++ {
+			e.down()
+			for i := 0; i < 20; i++ { // 10 minutes of attempts: the backoff is at its ceiling
+				e.clk.Advance(30 * time.Second)
+			}
+			e.up()
+			back := e.clk.Now()
+			name := fmt.Sprintf("after-%d", round)
+			o := e.execute(e.action("true", name, 0))
+			e.advanceUntil(t, "the worker runs an action queued after the outage", 100*time.Millisecond, func() bool { return g.hasStarted(name) })
+			took, limit := e.clk.Now().Sub(back), worker.DefaultMaxBackoff*6/5+time.Second
+			t.Logf("outage %d: the worker took a lease %v after the scheduler was back", round, took)
+			if took > limit {
+				t.Errorf("outage %d: the worker took a lease %v after the scheduler was back, want at most %v", round, took, limit)
+			}
+			if got := string(o.wait(t).GetResult().GetStdoutRaw()); got != name+" ran on w1" {
+				t.Errorf("result: %q", got)
+			}
 		}
 	})
 }
