@@ -11,6 +11,7 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
@@ -208,5 +209,48 @@ func TestGetActionResultInliningKeepsTheAnswerReceivable(t *testing.T) {
 		if inlined := len(got.GetStdoutRaw()) > 0; inlined != c.wantInline {
 			t.Fatalf("result %d: stdout inlined %v, want %v", i, inlined, c.wantInline)
 		}
+	}
+}
+
+// A single Directory too large for any answer a client on gRPC's default 4 MiB receive limit
+// can take is not sent as a page of its own (which that client would fail on with a transport
+// error): GetTree answers FAILED_PRECONDITION naming it, after the pages before it.
+func TestGetTreeRefusesADirectoryTooLargeForOnePage(t *testing.T) {
+	e := newTestEnv(t, 64<<20, storage.ServiceOptions{})
+	ctx := context.Background()
+	big := &repb.Directory{}
+	for j := 0; proto.Size(big) <= storage.DefaultMaxAnswerSizeBytes; j++ {
+		big.Symlinks = append(big.Symlinks, &repb.SymlinkNode{Name: fmt.Sprintf("l%06d", j), Target: fmt.Sprintf("%0200d", j)})
+	}
+	bb, bd, _ := digest.FromMessage(big)
+	root := &repb.Directory{Directories: []*repb.DirectoryNode{{Name: "big", Digest: bd.Proto()}}}
+	rb, rd, _ := digest.FromMessage(root)
+	storeBlobs(t, e.store, bb, rb)
+	client := repb.NewContentAddressableStorageClient(e.dial())
+
+	stream, err := client.GetTree(ctx, &repb.GetTreeRequest{RootDigest: rd.Proto()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil || len(resp.GetDirectories()) != 1 || resp.GetNextPageToken() == "" {
+		t.Fatalf("first page: %v, %v; want the root alone and a token", resp, err)
+	}
+	stream, err = client.GetTree(ctx, &repb.GetTreeRequest{RootDigest: rd.Proto(), PageToken: resp.GetNextPageToken()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	wantStatus(t, err, codes.FailedPrecondition, fmt.Sprintf("Failed to get tree %s: directory %s is %d bytes, more than fits in one GetTree answer (%d bytes); read it with ByteStream",
+		rd, bd, bd.Size, storage.DefaultMaxAnswerSizeBytes-128))
+
+	// As the root of its own tree, likewise.
+	stream, err = client.GetTree(ctx, &repb.GetTreeRequest{RootDigest: bd.Proto()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("GetTree of the big directory: %v, want FAILED_PRECONDITION", err)
 	}
 }

@@ -26,9 +26,9 @@ const (
 	// maxTreePageSize bounds the directories of one GetTree page.
 	maxTreePageSize = 10000
 	// treePageTokenPrefix versions GetTree page tokens.
-	treePageTokenPrefix = "v1:"
+	treePageTokenPrefix = "v2:"
 	// treePageTokenReserve is kept free in a GetTree page for its next_page_token.
-	treePageTokenReserve = 64
+	treePageTokenReserve = 128
 )
 
 // casServer implements the REAPI ContentAddressableStorage service over a BlobStore.
@@ -233,9 +233,9 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 	}
 	skip := 0
 	if tok := req.GetPageToken(); tok != "" {
-		n, err := strconv.Atoi(strings.TrimPrefix(tok, treePageTokenPrefix))
-		if !strings.HasPrefix(tok, treePageTokenPrefix) || err != nil || n < 0 {
-			return status.Errorf(codes.InvalidArgument, "Invalid page token %q", tok)
+		n, err := parseTreePageToken(tok, root)
+		if err != nil {
+			return err
 		}
 		skip = n
 	}
@@ -271,7 +271,12 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 		}
 		entry := 1 + protowire.SizeVarint(uint64(d.Size)) + int(d.Size)
 		if len(page) > 0 && (len(page) >= pageSize || bytesInPage+entry > maxBytes) {
-			return stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: treePageTokenPrefix + strconv.Itoa(emitted-1)})
+			return stream.Send(&repb.GetTreeResponse{Directories: page, NextPageToken: treePageToken(root, emitted-1)})
+		}
+		if entry > maxBytes {
+			// Alone on its page it would still be an answer a client on gRPC's default receive
+			// limit cannot take: say so instead of sending it.
+			return status.Errorf(codes.FailedPrecondition, "Failed to get tree %s: directory %s is %d bytes, more than fits in one GetTree answer (%d bytes); read it with ByteStream", root, d, d.Size, maxBytes)
 		}
 		page = append(page, dir)
 		bytesInPage += entry
@@ -280,6 +285,28 @@ func (c *casServer) GetTree(req *repb.GetTreeRequest, stream repb.ContentAddress
 		return status.Errorf(codes.InvalidArgument, "Invalid page token %q: the tree has only %d directories", req.GetPageToken(), emitted)
 	}
 	return stream.Send(&repb.GetTreeResponse{Directories: page})
+}
+
+// treePageToken returns the GetTree page token that resumes the tree of root after skip
+// directories: "v2:" HASH-OF-ROOT "/" SKIP. Binding the root keeps a token from one tree from
+// being used for another.
+func treePageToken(root digest.Digest, skip int) string {
+	return treePageTokenPrefix + root.Hash + "/" + strconv.Itoa(skip)
+}
+
+// parseTreePageToken returns the number of directories a page token of root's tree skips;
+// INVALID_ARGUMENT for a malformed token or one of another tree.
+func parseTreePageToken(tok string, root digest.Digest) (int, error) {
+	rest, ok := strings.CutPrefix(tok, treePageTokenPrefix)
+	hash, n, ok2 := strings.Cut(rest, "/")
+	skip, err := strconv.Atoi(n)
+	if !ok || !ok2 || err != nil || skip < 0 || strconv.Itoa(skip) != n {
+		return 0, status.Errorf(codes.InvalidArgument, "Invalid page token %q", tok)
+	}
+	if hash != root.Hash {
+		return 0, status.Errorf(codes.InvalidArgument, "Invalid page token %q: it belongs to another tree than %s", tok, root)
+	}
+	return skip, nil
 }
 
 // readDirectory reads and parses a Directory message from the CAS.

@@ -247,6 +247,23 @@ func TestGetTree(t *testing.T) {
 	wantStatus(t, getTreeErr(&repb.GetTreeRequest{RootDigest: absent.Proto()}), codes.NotFound,
 		fmt.Sprintf("Failed to get tree %s: Failed to read blob %s: Blob %s not found", absent, absent, absent))
 	wantStatus(t, getTreeErr(&repb.GetTreeRequest{RootDigest: rootD.Proto(), PageToken: "garbage"}), codes.InvalidArgument, `Invalid page token "garbage"`)
+	// A token is bound to its tree: one from this tree is refused for another root, and a bare
+	// offset (or a non-canonical one) is not a token.
+	first, err := e.cas.GetTree(ctx, &repb.GetTreeRequest{RootDigest: rootD.Proto(), PageSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := first.Recv()
+	if err != nil || page.GetNextPageToken() == "" {
+		t.Fatalf("first page of one directory: %v, %v", page, err)
+	}
+	otherB, otherD, _ := digest.FromMessage(&repb.Directory{Files: []*repb.FileNode{{Name: "other", Digest: file.Proto()}}})
+	storeBlobs(t, e.store, otherB)
+	wantStatus(t, getTreeErr(&repb.GetTreeRequest{RootDigest: otherD.Proto(), PageToken: page.GetNextPageToken()}), codes.InvalidArgument,
+		fmt.Sprintf("Invalid page token %q: it belongs to another tree than %s", page.GetNextPageToken(), otherD))
+	for _, tok := range []string{"1", "v2:1", "v1:1", "v2:" + rootD.Hash + "/01", "v2:" + rootD.Hash + "/+1", "v2:" + rootD.Hash + "/-1"} {
+		wantStatus(t, getTreeErr(&repb.GetTreeRequest{RootDigest: rootD.Proto(), PageToken: tok}), codes.InvalidArgument, fmt.Sprintf("Invalid page token %q", tok))
+	}
 	wantStatus(t, getTreeErr(&repb.GetTreeRequest{RootDigest: rootD.Proto(), PageSize: -1}), codes.InvalidArgument, "Invalid page size -1")
 	wantStatus(t, getTreeErr(&repb.GetTreeRequest{}), codes.InvalidArgument, "Missing digest")
 	wantStatus(t, getTreeErr(&repb.GetTreeRequest{RootDigest: file.Proto()}), codes.InvalidArgument, "")

@@ -89,7 +89,8 @@ func (d Digest) String() string {
 // IsEmpty reports whether d is the digest of the empty blob.
 func (d Digest) IsEmpty() bool { return d == Empty }
 
-// Parse parses "hash/size".
+// Parse parses "hash/size"; the size must be written in canonical decimal (no sign, no
+// leading zeros), or the error is INVALID_ARGUMENT.
 func Parse(s string) (Digest, error) {
 	i := strings.LastIndexByte(s, '/')
 	if i < 0 {
@@ -98,6 +99,10 @@ func Parse(s string) (Digest, error) {
 	size, err := strconv.ParseInt(s[i+1:], 10, 64)
 	if err != nil {
 		return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %q: size is not a number", s)
+	}
+	// One spelling per size: "+16" or "016" would name the same blob under another resource name.
+	if strconv.FormatInt(size, 10) != s[i+1:] {
+		return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %q: size is not a canonical decimal number", s)
 	}
 	return New(s[:i], size)
 }
