@@ -5,16 +5,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/buildfleet/buildfleet/cluster"
 	"github.com/buildfleet/buildfleet/internal/clock"
-	"github.com/buildfleet/buildfleet/scheduler"
 )
 
 // haFlags are the flags that run the scheduler as one of several replicas with an etcd-elected
@@ -76,12 +75,8 @@ func (f *haFlags) config() (cluster.Config, error) {
 
 // startCluster connects to etcd and returns the replica, not yet running, and the etcd client
 // to close after it.
-func startCluster(cfg cluster.Config, newSched func() *scheduler.Scheduler, logger zerolog.Logger) (*cluster.Node, *clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+func startCluster(cfg cluster.Config, newSched cluster.NewSchedulerFunc, logger zerolog.Logger) (*cluster.Node, *clientv3.Client, error) {
+	cli, err := clientv3.New(cluster.EtcdClientConfig(cfg.Endpoints))
 	if err != nil {
 		return nil, nil, fmt.Errorf("--etcd-endpoints: %w", err)
 	}
@@ -91,4 +86,31 @@ func startCluster(cfg cluster.Config, newSched func() *scheduler.Scheduler, logg
 		logger.Warn().Err(err).Strs("etcd_endpoints", cfg.Endpoints).Msg("etcd does not answer yet; this replica serves CAS and holds scheduler calls until it does")
 	}
 	return cluster.New(cfg, cli, newSched, clock.System, logger), cli, nil
+}
+
+// advertiseHTTP returns the address at which the other replicas reach this replica's HTTP
+// server (--metrics-listen): the host of the advertise address and the port of the listen
+// address. It is "" when the HTTP server is off or listens on loopback only while the
+// advertise address is not loopback (the others could not reach it).
+func advertiseHTTP(advertise, metricsListen string) string {
+	if metricsListen == "" {
+		return ""
+	}
+	advHost, _, err := net.SplitHostPort(advertise)
+	if err != nil {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(metricsListen)
+	if err != nil || port == "0" {
+		return ""
+	}
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback() || host == "localhost") && !isLoopbackHost(advHost) {
+		return ""
+	}
+	return net.JoinHostPort(advHost, port)
+}
+
+func isLoopbackHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "localhost" || ip != nil && ip.IsLoopback()
 }

@@ -60,7 +60,7 @@ func run(args []string) error {
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage ($XDG_DATA_HOME/buildfleet when XDG_DATA_HOME is set, else ./buildfleet-data)")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
-	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /workers and the web console /console/ (empty: off)")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /readyz, /workers and the web console /console/ (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
@@ -83,6 +83,7 @@ func run(args []string) error {
 	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
 	clientTokens := fs.String("client-tokens-file", "", "client token grants, one 'TOKEN INSTANCE_PATTERN PERMISSIONS' a line; reloaded on SIGHUP")
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
+	publicAddr := fs.String("public-address", "", "address clients and workers use to reach the scheduler (HOST:PORT, or a grpc:// or grpcs:// URL), printed in the start-up banner's Bazel and Pants settings; with --ha=etcd, the load balancer's")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
 	ha := registerHAFlags(fs)
@@ -204,7 +205,11 @@ func run(args []string) error {
 	if haOn {
 		cfg.AdoptionWindow = *ha.adoptionWindow
 	}
-	newSched := func() *scheduler.Scheduler { return scheduler.New(cfg, cas, ac, clock.System, logger, reg) }
+	newSched := func(fence func() error) *scheduler.Scheduler {
+		cfg := cfg
+		cfg.Fence = fence
+		return scheduler.New(cfg, cas, ac, clock.System, logger, reg)
+	}
 
 	srv := grpc.NewServer(opts...)
 	var (
@@ -217,6 +222,7 @@ func run(args []string) error {
 	)
 	if haOn {
 		var etcd *clientv3.Client
+		clusterCfg.AdvertiseHTTPAddress = advertiseHTTP(clusterCfg.AdvertiseAddress, *metricsListen)
 		if node, etcd, err = startCluster(clusterCfg, newSched, logger); err != nil {
 			return err
 		}
@@ -224,7 +230,7 @@ func run(args []string) error {
 		node.Register(srv)
 		workers = node.WorkersHandler()
 	} else {
-		sched = newSched()
+		sched = newSched(nil)
 		sched.Register(srv)
 		workers = sched.WorkersHandler()
 		clientAC = sched.RecordingActionCache(ac)
@@ -247,6 +253,14 @@ func run(args []string) error {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 		ms.Handle("/workers", workers)
+		ready := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintln(w, `{"ready":true,"role":"single"}`)
+		}))
+		if node != nil {
+			ready = node.ReadyHandler()
+		}
+		ms.Handle("/readyz", ready)
 		if sched != nil {
 			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, ListenAddr: *metricsListen, Logger: logger}))
 			ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
@@ -280,7 +294,8 @@ func run(args []string) error {
 		consoleAddr = ms.Addr()
 		logger.Info().Str("url", "http://"+consoleAddr+"/console/").Msg("web console serving")
 	}
-	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled(), consoleAddr)
+	printClientSettings(os.Stdout, clientSettings{listen: lis.Addr().String(), public: *publicAddr, ha: haOn,
+		tls: useTLS, tokens: authz.Enabled(), console: consoleAddr})
 
 	select {
 	case err := <-serveErr:

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfleet/buildfleet/cluster"
 	"github.com/buildfleet/buildfleet/internal/testproc"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // Process is an engine process started by a test.
@@ -30,8 +30,17 @@ type Process struct {
 	done chan struct{}
 }
 
-// start runs bin with args, output to logPath, in a process group of its own.
+// start runs bin with args, output to logPath, in a process group of its own; the test stops
+// it when it ends.
 func start(t testing.TB, name, bin, logPath string, args ...string) *Process {
+	t.Helper()
+	p := spawn(t, name, bin, logPath, args...)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// spawn is start without the clean-up: the caller stops the process.
+func spawn(t testing.TB, name, bin, logPath string, args ...string) *Process {
 	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -46,7 +55,6 @@ func start(t testing.TB, name, bin, logPath string, args ...string) *Process {
 	}
 	p := &Process{t: t, name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(p.Stop)
 	return p
 }
 
@@ -97,6 +105,8 @@ type Etcd struct {
 	*Process
 	// Endpoint is the client URL, http://127.0.0.1:PORT.
 	Endpoint string
+	bin, dir string
+	args     []string
 }
 
 // StartEtcd starts a one-member etcd with its data in a temporary directory and waits until it
@@ -106,13 +116,36 @@ func StartEtcd(t testing.TB) *Etcd {
 	bin := lookPath(t, "etcd")
 	dir := t.TempDir()
 	client, peer := "http://"+FreeAddr(t), "http://"+FreeAddr(t)
-	p := start(t, "etcd", bin, filepath.Join(dir, "etcd.log"),
-		"--name", "test", "--data-dir", filepath.Join(dir, "data"),
+	args := []string{"--name", "test", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "test="+peer, "--initial-cluster-state", "new",
-		"--log-level", "warn")
-	e := &Etcd{Process: p, Endpoint: client}
+		"--initial-cluster", "test=" + peer, "--initial-cluster-state", "new",
+		"--log-level", "warn"}
+	p := spawn(t, "etcd", bin, filepath.Join(dir, "etcd.log"), args...)
+	e := &Etcd{Process: p, Endpoint: client, bin: bin, dir: dir, args: args}
+	// One clean-up, registered before the test's replicas', stops whichever process runs then
+	// (Restart replaces it), after the replicas stopped.
+	t.Cleanup(func() { e.Process.Stop() })
+	e.waitReady(t)
+	return e
+}
+
+// Restart stops etcd (SIGTERM, by PID), keeps it down for down, starts it again on the same
+// ports and data directory, and waits until it answers. It returns when etcd answered again.
+func (e *Etcd) Restart(t testing.TB, down time.Duration) time.Time {
+	t.Helper()
+	e.Stop()
+	time.Sleep(down)
+	e.Process = spawn(t, "etcd", e.bin, filepath.Join(e.dir, "etcd.log"), e.args...)
+	e.waitReady(t)
+	return time.Now()
+}
+
+// waitReady waits until e answers a read (about a second after a start).
+func (e *Etcd) waitReady(t testing.TB) {
+	t.Helper()
+	p := e.Process
+	client := e.Endpoint
 	cli := e.Client(t)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -120,7 +153,7 @@ func StartEtcd(t testing.TB) *Etcd {
 		_, err := cli.Get(ctx, "probe")
 		cancel()
 		if err == nil {
-			return e
+			return
 		}
 		select {
 		case <-p.done:
@@ -137,7 +170,7 @@ func StartEtcd(t testing.TB) *Etcd {
 // Client returns an etcd client of e, closed when the test ends.
 func (e *Etcd) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(cluster.EtcdClientConfig([]string{e.Endpoint}))
 	if err != nil {
 		t.Fatal(err)
 	}
