@@ -185,10 +185,21 @@ type HAProxy struct {
 	Addr string
 }
 
+// Backend is one server behind HAProxy.
+type Backend struct {
+	// Addr is the host:port connections go to.
+	Addr string
+	// Check is the host:port of the backend's HTTP server, whose /readyz HAProxy checks (200:
+	// up); empty: a TCP connect check of Addr.
+	Check string
+}
+
 // StartHAProxy starts HAProxy in TCP mode, in the foreground, balancing connections to Addr
-// round-robin over backends (host:port each), with health checks every 200 ms so that a dead
-// backend is skipped, and redispatching a connection whose backend refuses it.
-func StartHAProxy(t testing.TB, backends []string) *HAProxy {
+// round-robin over backends, with health checks every 200 ms (an HTTP GET /readyz with a 300 ms
+// timeout when every Backend.Check is set, so that a stopped process, whose kernel still
+// accepts connections, is taken out; TCP connects otherwise), closing the connections of a backend
+// marked down, and redispatching a connection whose backend refuses it.
+func StartHAProxy(t testing.TB, backends []Backend) *HAProxy {
 	t.Helper()
 	bin := lookPath(t, "haproxy")
 	dir := t.TempDir()
@@ -199,6 +210,7 @@ func StartHAProxy(t testing.TB, backends []string) *HAProxy {
 defaults
   mode tcp
   timeout connect 1s
+  timeout check 300ms
   timeout client 10m
   timeout server 10m
   retries 3
@@ -208,9 +220,25 @@ frontend grpc
   default_backend replicas
 backend replicas
   balance roundrobin
+  default-server inter 200ms fall 2 rise 2 on-marked-down shutdown-sessions
 `, addr)
+	httpCheck := len(backends) > 0
+	for _, be := range backends {
+		httpCheck = httpCheck && be.Check != ""
+	}
+	if httpCheck {
+		b.WriteString("  option httpchk\n  http-check send meth GET uri /readyz\n  http-check expect status 200\n")
+	}
 	for i, be := range backends {
-		fmt.Fprintf(&b, "  server r%d %s check inter 200ms fall 1 rise 2\n", i, be)
+		if !httpCheck {
+			fmt.Fprintf(&b, "  server r%d %s check\n", i, be.Addr)
+			continue
+		}
+		host, port, err := net.SplitHostPort(be.Check)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "  server r%d %s check addr %s port %s\n", i, be.Addr, host, port)
 	}
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
