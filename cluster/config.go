@@ -8,7 +8,13 @@
 //
 // Fencing: the leader renews its etcd lease itself and stops handing out leases (its scheduler
 // is closed) once a renewal sent at time t is not confirmed by t + TTL - margin, before etcd can
-// let another replica win; two replicas never both hand out leases.
+// let another replica win; two replicas never both hand out leases. The term's scheduler also
+// checks that validity synchronously (scheduler.Config.Fence) before it acts on a call.
+//
+// A replica campaigns only once its advertise address reaches itself (a gRPC health check
+// carrying its random node id), so a wrong --advertise-address never becomes the address every
+// call is forwarded to. Node.Status and Node.ReadyHandler (/readyz) tell a load balancer and an
+// operator whether the replica can serve.
 package cluster
 
 import (
