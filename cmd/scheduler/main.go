@@ -202,9 +202,7 @@ func run(args []string) error {
 		DisconnectGrace:        *disconnectGrace,
 		MaxCompletedOperations: *maxOps,
 	}
-	if haOn {
-		cfg.AdoptionWindow = *ha.adoptionWindow
-	}
+	cfg.AdoptionWindow = ha.adoptionWindowFor(haOn)
 	newSched := func(fence func() error) *scheduler.Scheduler {
 		cfg := cfg
 		cfg.Fence = fence
