@@ -12,8 +12,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/storage"
