@@ -60,8 +60,10 @@ type ServiceOptions struct {
 	// MaxParkedUploadBytes bounds the bytes on disk of interrupted uploads kept for
 	// resumption (DefaultMaxParkedUploadBytes when zero).
 	MaxParkedUploadBytes int64
-	// UploadDir is the directory ByteStream uploads are spooled to until finish_write; its
-	// contents are removed at start. Empty: a new temporary directory.
+	// UploadDir is the directory ByteStream uploads are spooled to until finish_write when they
+	// cannot be written into the store directly (compressed uploads; stores other than a
+	// DiskBlobStore, whose uncompressed uploads go to its own temporary files); its contents are
+	// removed at start. Empty: a new temporary directory.
 	UploadDir string
 	// MaxBlobSizeBytes is the largest blob ByteStream.Write and BatchUpdateBlobs accept (no
 	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.
