@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -119,4 +120,41 @@ func serveBare(t testing.TB, s *bareByteStream) bspb.ByteStreamClient {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return bspb.NewByteStreamClient(conn)
+}
+
+// bareCAS answers FindMissingBlobs from a Go map keyed by the hash string, with no validation
+// and no store: a reference for what gRPC adds to the FindMissingBlobs baseline.
+type bareCAS struct {
+	repb.UnimplementedContentAddressableStorageServer
+	present map[string]int64
+}
+
+// FindMissingBlobs implements repb.ContentAddressableStorageServer.
+func (s *bareCAS) FindMissingBlobs(_ context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
+	resp := &repb.FindMissingBlobsResponse{}
+	for _, pd := range req.GetBlobDigests() {
+		if size, ok := s.present[pd.GetHash()]; !ok || size != pd.GetSizeBytes() {
+			resp.MissingBlobDigests = append(resp.MissingBlobDigests, pd)
+		}
+	}
+	return resp, nil
+}
+
+// serveBareCAS serves s on a bufconn gRPC server as serveBare does and returns a client of it.
+func serveBareCAS(t testing.TB, s *bareCAS) repb.ContentAddressableStorageClient {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer(grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))
+	repb.RegisterContentAddressableStorageServer(srv, s)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxCallSendMsgSize(storage.RecommendedMaxMessageSizeBytes)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return repb.NewContentAddressableStorageClient(conn)
 }

@@ -208,6 +208,27 @@ func benchFindMissing(b *testing.B, n int) {
 		b.ReportMetric(nsPerOp(b)/float64(n), "ns/digest")
 		baselines.Record(b, key, nsPerOp(b), "")
 	})
+	// For reference, not the goal: the baseline's lookups behind a bare gRPC server on the same
+	// kind of connection (no validation, no store), to show what the transport alone adds.
+	b.Run("bare-grpc", func(b *testing.B) {
+		bare := &bareCAS{present: make(map[string]int64, len(present))}
+		for i, pd := range ds {
+			if _, ok := present[keys[i]]; ok {
+				bare.present[pd.GetHash()] = pd.GetSizeBytes()
+			}
+		}
+		cas := serveBareCAS(b, bare)
+		ctx := context.Background()
+		for i := 0; i < b.N; i++ {
+			resp, err := cas.FindMissingBlobs(ctx, req)
+			if err != nil || len(resp.GetMissingBlobDigests()) != want {
+				b.Fatalf("bare FindMissingBlobs: %d missing, %v", len(resp.GetMissingBlobDigests()), err)
+			}
+		}
+		b.StopTimer()
+		b.ReportMetric(nsPerOp(b)/float64(n), "ns/digest")
+		baselines.Ratio(b, key, nsPerOp(b), "x-baseline")
+	})
 	b.Run("buildfleet", func(b *testing.B) {
 		ctx := context.Background()
 		for i := 0; i < b.N; i++ {

@@ -509,7 +509,7 @@ type sectionReadCloser struct {
 
 // FindMissing implements BlobStore. Blobs found unverified at start-up are verified first.
 func (s *DiskBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
-	var missing []digest.Digest
+	missing := make([]digest.Digest, 0, len(ds)) // Most digests a client asks about are missing.
 	var touches []*pendingTouch
 	var unverified []*blobEntry
 	now := s.clock.Now() // Once per call: FindMissing of 10,000 digests is on the hot path.
