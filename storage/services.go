@@ -9,6 +9,8 @@ import (
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/clock"
@@ -36,6 +38,18 @@ const DefaultMaxBatchTotalSizeBytes = DefaultMaxAnswerSizeBytes - BatchFramingRe
 // grpc.MaxSendMsgSize) a server hosting these services should allow: a batch of
 // max_batch_total_size_bytes of data plus the request's framing exceeds gRPC's 4 MiB default.
 const RecommendedMaxMessageSizeBytes = 16 << 20
+
+// receiveBuffers is the pool gRPC reads received messages into (ReceiveBufferOptions): gRPC's
+// default tiers (256 B, 4 KiB, 16 KiB, 32 KiB, 1 MiB) plus one just above 64 KiB, the chunk size
+// Bazel, Pants and most clients upload in. With the default tiers every 64 KiB WriteRequest
+// lands in a 1 MiB buffer that is cleared on each use: a fifth of the CPU of an upload.
+var receiveBuffers = mem.NewTieredBufferPool(256, 4<<10, 16<<10, 32<<10, 64<<10+4<<10, 1<<20)
+
+// ReceiveBufferOptions returns the gRPC server option that makes a server hosting these services
+// read received messages into buffers sized for ByteStream upload chunks (receiveBuffers).
+func ReceiveBufferOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{experimental.BufferPool(receiveBuffers)}
+}
 
 // ServiceOptions configures the REAPI services registered by RegisterServices.
 type ServiceOptions struct {

@@ -177,6 +177,7 @@ func run(args []string) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
+	opts = append(opts, storage.ReceiveBufferOptions()...)
 	calls := newInflightCalls()
 	opts = append(opts, calls.ServerOptions()...)
 	opts = append(opts, authz.ServerOptions()...)
