@@ -152,8 +152,9 @@ func TestAWSSourceWithMetadataMockSpotNotice(t *testing.T) {
 	launched := time.Now()
 	m := startMock(t, bin, "", "-I", "spot", "-d", "1", "--action", "terminate")
 	log, _ := newLog(t)
+	clk := newPollClock()
 	src := cloud.NewAWSSource(cloud.AWSSourceConfig{Endpoint: m.endpoint(), PollInterval: 100 * time.Millisecond,
-		RebalanceDrains: true}, clock.System, log)
+		RebalanceDrains: true}, clk, log)
 	ch, _, _ := watching(t, src)
 
 	var spot, rebalance *cloud.Notice
@@ -197,7 +198,7 @@ func TestAWSSourceWithMetadataMockSpotNotice(t *testing.T) {
 	}
 	// Polling goes on without repeating either notice, although the mock stamps the spot
 	// notice's time anew on every read.
-	time.Sleep(1500 * time.Millisecond)
+	clk.waitPolls(t, 15)
 	noNotice(t, ch)
 }
 
@@ -205,8 +206,9 @@ func TestAWSSourceWithMetadataMockScaleIn(t *testing.T) {
 	bin := mockBinary(t)
 	m := startMock(t, bin, "", "-I", "asglifecycle", "--asg-termination-delay-sec", "2")
 	log, _ := newLog(t)
+	clk := newPollClock()
 	src := cloud.NewAWSSource(cloud.AWSSourceConfig{Endpoint: m.endpoint(), PollInterval: 100 * time.Millisecond,
-		ScaleInDeadline: 90 * time.Second}, clock.System, log)
+		ScaleInDeadline: 90 * time.Second}, clk, log)
 	before := time.Now()
 	ch, _, _ := watching(t, src)
 	n := recv(t, ch)
@@ -217,7 +219,8 @@ func TestAWSSourceWithMetadataMockScaleIn(t *testing.T) {
 	if n.Deadline.Before(before.Add(90*time.Second)) || n.Deadline.After(after.Add(90*time.Second)) {
 		t.Fatalf("deadline %v is not 90 s after the notice (seen between %v and %v)", n.Deadline, before, after)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Polling goes on without repeating the notice.
+	clk.waitPolls(t, 5)
 	noNotice(t, ch)
 }
 

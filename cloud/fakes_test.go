@@ -116,6 +116,56 @@ func noNotice(t *testing.T, ch <-chan cloud.Notice) {
 	}
 }
 
+// pollClock is the system clock, counting the timers a source arms: a source arms one after
+// each poll, once the poll's notices are sent. Tests wait for polls with it instead of
+// sleeping through a fixed window.
+type pollClock struct {
+	mu    sync.Mutex
+	armed int
+	// changed is closed and replaced whenever a timer is armed.
+	changed chan struct{}
+}
+
+func newPollClock() *pollClock { return &pollClock{changed: make(chan struct{})} }
+
+func (c *pollClock) Now() time.Time { return clock.System.Now() }
+
+func (c *pollClock) NewTimer(d time.Duration) (clock.Timer, <-chan time.Time) {
+	c.mu.Lock()
+	c.armed++
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	return clock.System.NewTimer(d)
+}
+
+func (c *pollClock) NewTicker(d time.Duration) (clock.Ticker, <-chan time.Time) {
+	return clock.System.NewTicker(d)
+}
+
+// waitPolls waits until the source has finished n more polls (armed n more timers), failing
+// the test if it has not within 15 s.
+func (c *pollClock) waitPolls(t *testing.T, n int) {
+	t.Helper()
+	c.mu.Lock()
+	want := c.armed + n
+	c.mu.Unlock()
+	timeout := time.After(15 * time.Second)
+	for {
+		c.mu.Lock()
+		got, changed := c.armed, c.changed
+		c.mu.Unlock()
+		if got >= want {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("the source polled %d times in 15 s, want %d", got-(want-n), n)
+		}
+	}
+}
+
 // step advances clk by d and waits until the code under test has run and armed its next timer.
 func step(t *testing.T, clk *clock.Fake, d time.Duration) {
 	t.Helper()

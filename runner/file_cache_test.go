@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/runner"
@@ -151,9 +150,7 @@ func TestRunConcurrentFetchesOfOneBlobAreShared(t *testing.T) {
 			_, err := f.run(context.Background(), shell("cat shared # "+d.String()), inputs, 0)
 			errs <- err
 		}()
-		for f.cas.callCount("BatchReadBlobs") == before { // The second action fetches its Command.
-			time.Sleep(time.Millisecond)
-		}
+		f.cas.waitCalls(t, "BatchReadBlobs", before) // The second action fetches its Command.
 		close(f.cas.gate)
 		for i := 0; i < 2; i++ {
 			if err := <-errs; err != nil {

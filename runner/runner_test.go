@@ -2,6 +2,7 @@ package runner_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -369,15 +371,32 @@ func alive(pid int) bool {
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
-// waitDead waits briefly for pid to die: SIGKILL is delivered asynchronously.
+// waitDead waits for pid to die (SIGKILL is delivered asynchronously), failing the test if
+// it still runs 5 s later. The wait is on a pidfd (pidfd_open and poll), woken by the exit
+// itself, not by polling.
 func waitDead(t *testing.T, pid int) {
 	t.Helper()
-	for i := 0; i < 500; i++ {
-		if !alive(pid) {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return // already gone
 	}
-	t.Errorf("process %d is still running", pid)
-	syscall.Kill(pid, syscall.SIGKILL)
+	if err != nil {
+		t.Fatalf("pidfd_open(%d): %v", pid, err)
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 5_000)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("poll of the pidfd of %d: %v", pid, err)
+		}
+		if n == 0 {
+			t.Errorf("process %d is still running", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		return
+	}
 }

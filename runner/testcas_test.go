@@ -37,10 +37,12 @@ type testCAS struct {
 	gate    chan struct{}
 	entered chan digest.Digest
 
-	mu      sync.Mutex
-	blobs   map[digest.Digest][]byte
-	reads   map[digest.Digest]int // Blobs served, by BatchReadBlobs or ByteStream Read.
-	calls   map[string]int        // RPCs received, by method name.
+	mu    sync.Mutex
+	blobs map[digest.Digest][]byte
+	reads map[digest.Digest]int // Blobs served, by BatchReadBlobs or ByteStream Read.
+	calls map[string]int        // RPCs received, by method name.
+	// called is closed and replaced whenever an RPC is counted (see waitCalls).
+	called  chan struct{}
 	uploads map[digest.Digest]int
 }
 
@@ -52,6 +54,7 @@ func startCAS(t testing.TB, maxBatch int64) (*testCAS, *grpc.ClientConn) {
 		reads:    make(map[digest.Digest]int),
 		calls:    make(map[string]int),
 		uploads:  make(map[digest.Digest]int),
+		called:   make(chan struct{}),
 	}
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(int(maxBatch) + (1 << 20)))
@@ -75,7 +78,29 @@ func startCAS(t testing.TB, maxBatch int64) (*testCAS, *grpc.ClientConn) {
 func (s *testCAS) count(method string) {
 	s.mu.Lock()
 	s.calls[method]++
+	close(s.called)
+	s.called = make(chan struct{})
 	s.mu.Unlock()
+}
+
+// waitCalls waits until method has been called more than n times, failing the test if it
+// has not after 15 s. It is woken by each call, not by polling.
+func (s *testCAS) waitCalls(t testing.TB, method string, n int) {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		s.mu.Lock()
+		got, called := s.calls[method], s.called
+		s.mu.Unlock()
+		if got > n {
+			return
+		}
+		select {
+		case <-called:
+		case <-timeout:
+			t.Fatalf("%s called %d times, want more than %d", method, got, n)
+		}
+	}
 }
 
 // readCount returns how many blobs were served since the last reset.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
@@ -32,7 +33,7 @@ import (
 // Any of the Action's Digest. It hands out each lease once and records what the bot reports.
 type buildGridBots struct {
 	rwpb.UnimplementedBotsServer
-	clk *clock.Fake
+	clk clock.Clock
 
 	mu        sync.Mutex
 	pending   []*rwpb.Lease
@@ -83,7 +84,7 @@ func (s *buildGridBots) replyLocked(name string) *rwpb.BotSession {
 	return out
 }
 
-// result waits until lease id is reported COMPLETED.
+// result waits until lease id is reported COMPLETED (within 15 s of the bubble's clock).
 func (s *buildGridBots) result(t *testing.T, id string) *rwpb.Lease {
 	t.Helper()
 	timeout := time.After(15 * time.Second)
@@ -115,120 +116,131 @@ func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 // Action from CAS), reports COMPLETED with an Any of the ActionResult, and completes leases it
 // cannot run with the reason: an unknown payload type, an Action missing from CAS.
 func TestWorkerAcceptsBuildGridLeases(t *testing.T) {
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	clk := clock.NewFake(epoch)
-	cas, err := storage.NewDiskBlobStore(t.TempDir(), 1<<20, log, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	action := &repb.Action{Salt: []byte("from-digest")}
-	b, d, _ := digest.FromMessage(action)
-	if err := cas.Put(context.Background(), d, bytes.NewReader(b)); err != nil {
-		t.Fatal(err)
-	}
-	absent := digest.FromBytes([]byte("not an action in CAS"))
-	bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}
-	bots.pending = []*rwpb.Lease{
-		{Id: "by-digest", State: rwpb.LeaseState_ACTIVE, Payload: mustAny(t, d.Proto())},
-		{Id: "odd-payload", State: rwpb.LeaseState_ACTIVE, Payload: mustAny(t, &repb.Command{})},
-		{Id: "absent", State: rwpb.LeaseState_ACTIVE, Payload: mustAny(t, absent.Proto())},
-	}
+	bubble(t, func(t *testing.T) {
+		log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+		clk := bubbleClock{}
+		cas, err := storage.NewDiskBlobStore(t.TempDir(), 1<<20, log, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		action := &repb.Action{Salt: []byte("from-digest")}
+		b, d, _ := digest.FromMessage(action)
+		if err := cas.Put(context.Background(), d, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+		absent := digest.FromBytes([]byte("not an action in CAS"))
+		bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}
+		bots.pending = []*rwpb.Lease{
+			{Id: "by-digest", State: rwpb.LeaseState_ACTIVE, Payload: mustAny(t, d.Proto())},
+			{Id: "odd-payload", State: rwpb.LeaseState_ACTIVE, Payload: mustAny(t, &repb.Command{})},
+			{Id: "absent", State: rwpb.LeaseState_ACTIVE, Payload: mustAny(t, absent.Proto())},
+		}
 
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	rwpb.RegisterBotsServer(srv, bots)
-	storage.RegisterServices(srv, cas, nil, storage.ServiceOptions{Logger: log})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bg", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+		lis := bufconn.Listen(1 << 20)
+		srv := grpc.NewServer()
+		rwpb.RegisterBotsServer(srv, bots)
+		storage.RegisterServices(srv, cas, nil, storage.ServiceOptions{Logger: log})
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+		conn, err := grpc.NewClient("passthrough:///bg", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
 
-	g := newGateExecutor("w1")
-	w, err := worker.New(worker.Config{WorkerID: "w1", Version: "1.2.3-test", InstanceName: "bg", Concurrency: 3, Platform: []worker.Property{{Key: "OSFamily", Value: "linux"}, {Key: "pool", Value: "big"}}}, conn, g, clk, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
+		g := newGateExecutor("w1")
+		w, err := worker.New(worker.Config{WorkerID: "w1", Version: "1.2.3-test", InstanceName: "bg", Concurrency: 3, Platform: []worker.Property{{Key: "OSFamily", Value: "linux"}, {Key: "pool", Value: "big"}}}, conn, g, clk, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx, nil) }()
+		t.Cleanup(func() { cancel(); <-done })
 
-	ok := bots.result(t, "by-digest")
-	var res repb.ActionResult
-	if err := ok.GetResult().UnmarshalTo(&res); err != nil || string(res.GetStdoutRaw()) != "from-digest ran on w1" {
-		t.Errorf("by-digest: result %v (%v), want the action read from CAS run", ok.GetResult(), err)
-	}
-	if codes.Code(ok.GetStatus().GetCode()) != codes.OK {
-		t.Errorf("by-digest: status %v, want OK", ok.GetStatus())
-	}
-	if st := status.FromProto(bots.result(t, "odd-payload").GetStatus()); st.Code() != codes.InvalidArgument {
-		t.Errorf("odd-payload: status %v, want INVALID_ARGUMENT", st)
-	}
-	st := status.FromProto(bots.result(t, "absent").GetStatus())
-	if st.Code() != codes.FailedPrecondition || len(st.Details()) != 1 {
-		t.Fatalf("absent: status %v, want FAILED_PRECONDITION with a PreconditionFailure", st)
-	}
-	pf, _ := st.Details()[0].(*errdetails.PreconditionFailure)
-	if v := pf.GetViolations(); len(v) != 1 || v[0].GetType() != "MISSING" || v[0].GetSubject() != absent.MissingSubject() {
-		t.Errorf("absent: violations %v, want MISSING %s", v, absent.MissingSubject())
-	}
+		ok := bots.result(t, "by-digest")
+		var res repb.ActionResult
+		if err := ok.GetResult().UnmarshalTo(&res); err != nil || string(res.GetStdoutRaw()) != "from-digest ran on w1" {
+			t.Errorf("by-digest: result %v (%v), want the action read from CAS run", ok.GetResult(), err)
+		}
+		if codes.Code(ok.GetStatus().GetCode()) != codes.OK {
+			t.Errorf("by-digest: status %v, want OK", ok.GetStatus())
+		}
+		if st := status.FromProto(bots.result(t, "odd-payload").GetStatus()); st.Code() != codes.InvalidArgument {
+			t.Errorf("odd-payload: status %v, want INVALID_ARGUMENT", st)
+		}
+		st := status.FromProto(bots.result(t, "absent").GetStatus())
+		if st.Code() != codes.FailedPrecondition || len(st.Details()) != 1 {
+			t.Fatalf("absent: status %v, want FAILED_PRECONDITION with a PreconditionFailure", st)
+		}
+		pf, _ := st.Details()[0].(*errdetails.PreconditionFailure)
+		if v := pf.GetViolations(); len(v) != 1 || v[0].GetType() != "MISSING" || v[0].GetSubject() != absent.MissingSubject() {
+			t.Errorf("absent: violations %v, want MISSING %s", v, absent.MissingSubject())
+		}
 
-	bots.mu.Lock()
-	created := bots.created
-	bots.mu.Unlock()
-	dev := created.GetWorker().GetDevices()
-	if created.GetBotId() != "w1" || created.GetVersion() != "1.2.3-test" || created.GetStatus() != rwpb.BotStatus_OK || len(dev) != 1 || dev[0].GetHandle() != "w1" {
-		t.Fatalf("CreateBotSession: %v", created)
-	}
-	var props []string
-	for _, p := range dev[0].GetProperties() {
-		props = append(props, p.GetKey()+"="+p.GetValue())
-	}
-	if want := []string{"ISA=" + worker.ISA(runtimeGOARCH), "OSFamily=linux", "pool=big"}; !equalStrings(props, want) {
-		t.Errorf("device properties %v, want %v", props, want)
-	}
-	if c := created.GetWorker().GetConfigs(); len(c) != 1 || c[0].GetKey() != "capacity" || c[0].GetValue() != "3" {
-		t.Errorf("worker configs %v, want capacity=3", c)
-	}
+		bots.mu.Lock()
+		created := bots.created
+		bots.mu.Unlock()
+		dev := created.GetWorker().GetDevices()
+		if created.GetBotId() != "w1" || created.GetVersion() != "1.2.3-test" || created.GetStatus() != rwpb.BotStatus_OK || len(dev) != 1 || dev[0].GetHandle() != "w1" {
+			t.Fatalf("CreateBotSession: %v", created)
+		}
+		var props []string
+		for _, p := range dev[0].GetProperties() {
+			props = append(props, p.GetKey()+"="+p.GetValue())
+		}
+		if want := []string{"ISA=" + worker.ISA(runtimeGOARCH), "OSFamily=linux", "pool=big"}; !equalStrings(props, want) {
+			t.Errorf("device properties %v, want %v", props, want)
+		}
+		if c := created.GetWorker().GetConfigs(); len(c) != 1 || c[0].GetKey() != "capacity" || c[0].GetValue() != "3" {
+			t.Errorf("worker configs %v, want capacity=3", c)
+		}
+	})
 }
 
 // A server that answers at once (BuildGrid while the bot holds leases) is not polled in a
 // tight loop: calls that report nothing new are paced on the clock.
 func TestWorkerPacesPollsOfServerThatDoesNotHold(t *testing.T) {
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
-	clk := clock.NewFake(epoch)
-	bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	rwpb.RegisterBotsServer(srv, bots)
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("passthrough:///bg", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	w, err := worker.New(worker.Config{WorkerID: "w1"}, conn, newGateExecutor("w1"), clk, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx, nil) }()
-	t.Cleanup(func() { cancel(); <-done })
-	updates := func() int { bots.mu.Lock(); defer bots.mu.Unlock(); return bots.updates }
-	eventually(t, "the worker polls", func() bool { return updates() >= 1 })
-	time.Sleep(50 * time.Millisecond) // a spinning worker would call hundreds of times meanwhile
-	if n := updates(); n != 1 {
-		t.Fatalf("%d UpdateBotSession calls without the clock moving, want 1", n)
-	}
-	clk.Advance(time.Second)
-	eventually(t, "the worker polls again a second later", func() bool { return updates() == 2 })
+	bubble(t, func(t *testing.T) {
+		log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+		clk := bubbleClock{}
+		bots := &buildGridBots{clk: clk, held: map[string]bool{}, completed: map[string]*rwpb.Lease{}, changed: make(chan struct{})}
+		lis := bufconn.Listen(1 << 20)
+		srv := grpc.NewServer()
+		rwpb.RegisterBotsServer(srv, bots)
+		go srv.Serve(lis)
+		t.Cleanup(srv.Stop)
+		conn, err := grpc.NewClient("passthrough:///bg", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		w, err := worker.New(worker.Config{WorkerID: "w1"}, conn, newGateExecutor("w1"), clk, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx, nil) }()
+		t.Cleanup(func() { cancel(); <-done })
+		updates := func() int { bots.mu.Lock(); defer bots.mu.Unlock(); return bots.updates }
+		// Once everything has settled without the clock moving, the worker has polled once: a
+		// spinning worker would never let the bubble settle, or would have called again.
+		synctest.Wait()
+		if n := updates(); n != 1 {
+			t.Fatalf("%d UpdateBotSession calls without the clock moving, want 1", n)
+		}
+		clk.Advance(time.Second - time.Millisecond)
+		if n := updates(); n != 1 {
+			t.Fatalf("%d UpdateBotSession calls within the first second, want 1", n)
+		}
+		clk.Advance(time.Millisecond)
+		if n := updates(); n != 2 {
+			t.Fatalf("%d UpdateBotSession calls a second on, want 2", n)
+		}
+	})
 }
 
 func equalStrings(a, b []string) bool {

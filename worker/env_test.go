@@ -6,12 +6,11 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
@@ -37,17 +36,69 @@ import (
 
 var epoch = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
+// testClock is the clock an env runs the scheduler, the workers and the runners on, and that
+// its test moves on.
+type testClock interface {
+	clock.Clock
+	// Advance moves the clock on by d, firing the timers that come due.
+	Advance(d time.Duration)
+	// Set moves the clock on to t (never back).
+	Set(t time.Time)
+}
+
+// bubbleClock is the clock of a synctest bubble: the system clock, which the bubble fakes for
+// everything in it (timers, tickers, context and gRPC deadlines, gRPC's reconnection backoff).
+// The scheduler, the workers and their calls are therefore on one clock, and it only moves
+// when the test moves it and everything else is durably blocked.
+type bubbleClock struct{}
+
+func (bubbleClock) Now() time.Time { return time.Now() }
+
+func (bubbleClock) NewTimer(d time.Duration) (clock.Timer, <-chan time.Time) {
+	return clock.System.NewTimer(d)
+}
+
+func (bubbleClock) NewTicker(d time.Duration) (clock.Ticker, <-chan time.Time) {
+	return clock.System.NewTicker(d)
+}
+
+// Advance moves the bubble's clock on by d and returns once everything in the bubble is
+// blocked again. time.Sleep in a bubble is not a wait in real time: it returns as soon as
+// every other goroutine is durably blocked, with the fake clock moved on by exactly d (firing
+// each timer on the way at its own instant).
+func (bubbleClock) Advance(d time.Duration) {
+	time.Sleep(d)
+	synctest.Wait()
+}
+
+// Set moves the bubble's clock on to t.
+func (c bubbleClock) Set(t time.Time) {
+	if d := time.Until(t); d > 0 {
+		c.Advance(d)
+		return
+	}
+	synctest.Wait()
+}
+
 // env is a real scheduler with real disk storage, served over bufconn. The server can be taken
 // down and brought back (same scheduler) or replaced by a fresh scheduler (a restart).
+//
+// An env made by inBubble runs in a synctest bubble on the bubble's clock: everything is
+// deterministic, "nothing happens" is checked once everything is blocked, and time moves only
+// when the test moves it. An env made by newEnv (for tests that run real processes, which
+// are never durably blocked) runs on a fake clock that drives the timers of the scheduler and
+// the worker, while gRPC runs on real time.
 type env struct {
-	t     *testing.T
-	ctx   context.Context
-	clk   *clock.Fake
-	log   zerolog.Logger
-	cas   storage.BlobStore
-	ac    storage.ActionCache
-	sched *scheduler.Scheduler
-	cfg   scheduler.Config
+	t   *testing.T
+	ctx context.Context
+	clk testClock
+	// bubble is true for an env in a synctest bubble.
+	bubble bool
+	log    zerolog.Logger
+	cas    storage.BlobStore
+	ac     storage.ActionCache
+	sched  *scheduler.Scheduler
+	cfg    scheduler.Config
 
 	mu  sync.Mutex
 	lis *bufconn.Listener
@@ -62,10 +113,44 @@ type env struct {
 
 func newEnv(t *testing.T, cfg scheduler.Config) *env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return newEnvOn(t, cfg, clock.NewFake(epoch), 60*time.Second)
+}
+
+// inBubble runs f in a synctest bubble with an env on the bubble's clock. The env's client
+// context ends after two hours of the bubble's time, so that a test waiting for something that
+// never comes fails instead of spinning the fake clock for ever.
+func inBubble(t *testing.T, cfg scheduler.Config, f func(t *testing.T, e *env)) {
+	t.Helper()
+	bubble(t, func(t *testing.T) {
+		f(t, newEnvOn(t, cfg, bubbleClock{}, 2*time.Hour))
+	})
+}
+
+// bubbleWatchdog bounds, in real time, how long a bubble may run. A bubble whose goroutines
+// never block (a worker calling the scheduler in a tight loop) never settles, so neither
+// synctest.Wait nor the bubble's fake clock can end the test; the watchdog does.
+const bubbleWatchdog = 2 * time.Minute
+
+// bubble runs f with synctest.Test, ending the test binary with a clear message if the
+// bubble is still running after bubbleWatchdog of real time.
+func bubble(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	name := t.Name()
+	watchdog := time.AfterFunc(bubbleWatchdog, func() {
+		panic(name + ": the synctest bubble did not settle within " + bubbleWatchdog.String() +
+			" of real time (is something in it spinning instead of blocking?)")
+	})
+	defer watchdog.Stop()
+	synctest.Test(t, f)
+}
+
+func newEnvOn(t *testing.T, cfg scheduler.Config, clk testClock, timeout time.Duration) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, clk: clock.NewFake(epoch), cfg: cfg,
+	e := &env{t: t, ctx: ctx, clk: clk, cfg: cfg,
 		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)}
+	_, e.bubble = clk.(bubbleClock)
 	if testing.Verbose() {
 		e.log = e.log.Level(zerolog.DebugLevel)
 	}
@@ -130,6 +215,13 @@ func (e *env) restart() {
 
 // dial returns a connection that reaches whichever server is up, reconnecting quickly.
 func (e *env) dial() *grpc.ClientConn {
+	bo := backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond}
+	if e.bubble {
+		// In a bubble every reconnection attempt is a step of the fake clock: fewer of them
+		// keep a scheduler outage of minutes cheap, and a quarter of a second is still well
+		// inside the worker's own one-second retry.
+		bo = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.5, MaxDelay: 250 * time.Millisecond}
+	}
 	conn, err := grpc.NewClient("passthrough:///buildfleet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			e.mu.Lock()
@@ -140,7 +232,7 @@ func (e *env) dial() *grpc.ClientConn {
 			}
 			return lis.DialContext(ctx)
 		}),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 50 * time.Millisecond}, MinConnectTimeout: time.Second}),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: time.Second}),
 		grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		e.t.Fatal(err)
@@ -253,7 +345,10 @@ func (e *env) execute(d digest.Digest) *op {
 				o.done <- opResult{err: err}
 				return
 			}
-			time.Sleep(5 * time.Millisecond) // a client's retry delay, not a wait for expiry
+			select { // a client's retry delay, not a wait for expiry
+			case <-e.ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 		o.done <- opResult{err: e.ctx.Err()}
 	}()
@@ -283,6 +378,7 @@ func (e *env) workerState(id string) scheduler.WorkerInfo {
 
 // runningWorker is a worker.Worker started by a test, stopped when the test ends.
 type runningWorker struct {
+	e       *env
 	w       *worker.Worker
 	notices chan cloud.Notice
 	cancel  context.CancelFunc
@@ -300,7 +396,7 @@ func (e *env) startWorker(cfg worker.Config, exec worker.Executor) *runningWorke
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rw := &runningWorker{w: w, notices: make(chan cloud.Notice, 4), cancel: cancel, done: make(chan error, 1)}
+	rw := &runningWorker{e: e, w: w, notices: make(chan cloud.Notice, 4), cancel: cancel, done: make(chan error, 1)}
 	go func() { rw.done <- w.Run(ctx, rw.notices) }()
 	e.t.Cleanup(func() {
 		cancel()
@@ -329,48 +425,39 @@ func (e *env) newRunner(id string) *runner.Runner {
 	return r
 }
 
-// eventually polls cond until it holds, failing the test after a while.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// pidAlive reports whether process pid exists.
-func pidAlive(pid int) bool {
-	p, err := os.FindProcess(pid)
-	if err != nil {
-		return false
-	}
-	return p.Signal(syscall.Signal(0)) == nil
-}
-
 var runtimeGOARCH = runtime.GOARCH
 
 func codesOf(err error) codes.Code { return status.Code(err) }
 
-// advanceUntil moves the fake clock on by step until cond holds. After each step it gives the
-// code under test a moment to react (until it arms a new timer, or briefly), so that fake
-// time does not race ahead of it (gRPC's reconnection backoff runs on the real clock).
+// settled checks, once everything in the bubble is blocked, that cond holds: what the test
+// waits for has happened without the clock moving. Only for an env in a bubble.
+func (e *env) settled(what string, cond func() bool) {
+	e.t.Helper()
+	if !e.bubble {
+		e.t.Fatal("settled needs an env in a synctest bubble")
+	}
+	synctest.Wait()
+	if !cond() {
+		e.t.Fatalf("once everything settled (clock at %v), it is not the case that %s", e.clk.Now(), what)
+	}
+}
+
+// maxSteps bounds advanceUntil in a bubble.
+const maxSteps = 1000
+
+// advanceUntil moves the bubble's clock on by step until cond holds; each step returns once
+// everything is blocked again, and cond is checked then. Only for an env in a bubble.
 func (e *env) advanceUntil(t *testing.T, what string, step time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s (fake clock at %v)", what, e.clk.Now())
+	if !e.bubble {
+		t.Fatal("advanceUntil needs an env in a synctest bubble")
+	}
+	synctest.Wait()
+	for i := 0; !cond(); i++ {
+		if i == maxSteps {
+			t.Fatalf("%d steps of %v did not bring about that %s (clock at %v)", maxSteps, step, what, e.clk.Now())
 		}
-		armed := e.clk.Armed()
 		e.clk.Advance(step)
-		select {
-		case <-armed:
-			time.Sleep(2 * time.Millisecond) // reconnections run on real time
-		case <-time.After(20 * time.Millisecond):
-		}
 	}
 }
 

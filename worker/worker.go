@@ -31,6 +31,12 @@ type Worker struct {
 
 // New returns a Worker that talks to the scheduler (Bots and, for leases that carry only an
 // Action digest, CAS) over conn and runs actions with exec.
+//
+// clk drives the worker's timers (retry backoff, poll pacing, session renewal, the drain's stop
+// and give-up points, platform heartbeats); the deadlines of its calls are context deadlines,
+// on the system clock. Production passes clock.System. Tests that need all of it on one fake
+// clock run the worker, with clock.System, inside a testing/synctest bubble, whose fake time
+// covers timers and context deadlines alike.
 func New(cfg Config, conn grpc.ClientConnInterface, exec Executor, clk clock.Clock, logger zerolog.Logger) (*Worker, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {

@@ -1,14 +1,17 @@
 package worker_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"cloud.google.com/go/longrunning/autogen/longrunningpb"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	"github.com/buildfleet/buildfleet/scheduler"
@@ -60,38 +63,39 @@ func TestWorkerRunsActionsWithRealRunner(t *testing.T) {
 // The worker never runs more actions than its slots, and starts the next one as soon as a
 // slot frees.
 func TestWorkerRespectsConcurrencySlots(t *testing.T) {
-	e := newEnv(t, scheduler.Config{})
-	names := []string{"a", "b", "c", "d", "e"}
-	g := newGateExecutor("w1", names...)
-	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 2}, g)
-	ops := map[string]*op{}
-	for _, n := range names {
-		ops[n] = e.execute(e.action("true", n, 0))
-	}
-	eventually(t, "two actions run", func() bool { _, _, running, _ := g.snapshot(); return running == 2 })
-	for done := 0; done < len(names); done++ {
-		started, _, _, _ := g.snapshot()
-		if len(started) > done+2 {
-			t.Fatalf("%d actions started with %d finished and 2 slots", len(started), done)
+	inBubble(t, scheduler.Config{}, func(t *testing.T, e *env) {
+		names := []string{"a", "b", "c", "d", "e"}
+		g := newGateExecutor("w1", names...)
+		e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 2}, g)
+		ops := map[string]*op{}
+		for _, n := range names {
+			ops[n] = e.execute(e.action("true", n, 0))
 		}
-		name := started[len(started)-1]
-		if done < len(started) {
-			name = started[done]
+		e.settled("two actions run", func() bool { _, _, running, _ := g.snapshot(); return running == 2 })
+		for done := 0; done < len(names); done++ {
+			started, _, _, _ := g.snapshot()
+			if len(started) > done+2 {
+				t.Fatalf("%d actions started with %d finished and 2 slots", len(started), done)
+			}
+			name := started[len(started)-1]
+			if done < len(started) {
+				name = started[done]
+			}
+			g.open(name)
+			if resp := ops[name].wait(t); string(resp.GetResult().GetStdoutRaw()) != name+" ran on w1" {
+				t.Fatalf("result of %s: %v", name, resp.GetResult())
+			}
+			if want := min(len(names), done+3); done+1 < len(names) {
+				e.settled(fmt.Sprintf("%d actions have started", want), func() bool {
+					started, _, _, _ := g.snapshot()
+					return len(started) == want
+				})
+			}
 		}
-		g.open(name)
-		if resp := ops[name].wait(t); string(resp.GetResult().GetStdoutRaw()) != name+" ran on w1" {
-			t.Fatalf("result of %s: %v", name, resp.GetResult())
+		if _, _, _, peak := g.snapshot(); peak != 2 {
+			t.Errorf("at most %d actions ran at once, want 2", peak)
 		}
-		if want := min(len(names), done+3); done+1 < len(names) {
-			eventually(t, fmt.Sprintf("%d actions have started", want), func() bool {
-				started, _, _, _ := g.snapshot()
-				return len(started) == want
-			})
-		}
-	}
-	if _, _, _, peak := g.snapshot(); peak != 2 {
-		t.Errorf("at most %d actions ran at once, want 2", peak)
-	}
+	})
 }
 
 // CancelOperation withdraws the lease: the worker kills the running process and frees the
@@ -99,7 +103,7 @@ func TestWorkerRespectsConcurrencySlots(t *testing.T) {
 func TestWorkerStopsCancelledAction(t *testing.T) {
 	e := newEnv(t, scheduler.Config{})
 	e.startWorker(worker.Config{WorkerID: "w1", Concurrency: 1}, e.newRunner("w1"))
-	pidFile := filepath.Join(t.TempDir(), "pid")
+	pidFile := pidFIFO(t)
 	long := e.execute(e.action("echo $$ > "+pidFile+" && exec sleep 60", "", 0))
 	pid := waitPID(t, pidFile)
 	name := <-long.name
@@ -109,7 +113,9 @@ func TestWorkerStopsCancelledAction(t *testing.T) {
 	if r := <-long.done; codes.Code(statusCode(r)) != codes.Canceled {
 		t.Errorf("cancelled operation ended with %v / %v, want CANCELLED", r.err, r.resp.GetStatus())
 	}
-	eventually(t, "the cancelled process is killed", func() bool { return !pidAlive(pid) })
+	if !exited(t, pid, 15*time.Second) {
+		t.Fatalf("the cancelled action's process %d still runs 15 s later", pid)
+	}
 	// The slot is free again.
 	next := e.execute(e.action("echo next", "", 0))
 	if resp := next.wait(t); string(e.blob(resp.GetResult().GetStdoutDigest())) != "next\n" {
@@ -124,17 +130,69 @@ func statusCode(r opResult) int32 {
 	return r.resp.GetStatus().GetCode()
 }
 
-// waitPID waits until a shell action has written its pid to path, and returns it.
+// pidFIFO makes a FIFO for a shell action to write its pid to (echo $$ > path), so that the
+// test learns the pid the moment it is written, without polling.
+func pidFIFO(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pid")
+	if err := unix.Mkfifo(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// waitPID reads the pid a shell action writes to the FIFO made by pidFIFO. Opening the FIFO
+// blocks until the action opens it; the test fails if it has not after 15 s.
 func waitPID(t *testing.T, path string) int {
 	t.Helper()
-	var pid int
-	eventually(t, "the action writes its pid", func() bool {
+	type read struct {
+		b   []byte
+		err error
+	}
+	got := make(chan read, 1)
+	go func() {
 		b, err := os.ReadFile(path)
-		if err != nil || !strings.HasSuffix(string(b), "\n") {
-			return false
+		got <- read{b, err}
+	}()
+	select {
+	case r := <-got:
+		pid, err := strconv.Atoi(strings.TrimSpace(string(r.b)))
+		if r.err != nil || err != nil || pid <= 0 {
+			t.Fatalf("reading the action's pid: %q, %v", r.b, r.err)
 		}
-		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-		return pid > 0
-	})
-	return pid
+		return pid
+	case <-time.After(15 * time.Second):
+		// Open the FIFO for writing ourselves so that the reader is not left blocked.
+		if f, err := os.OpenFile(path, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-got
+		t.Fatal("the action did not write its pid within 15 s")
+		return 0
+	}
+}
+
+// exited reports whether process pid has exited, waiting for it up to wait. The wait is on
+// a pidfd (pidfd_open and poll), woken by the exit itself, not by polling.
+func exited(t *testing.T, pid int, wait time.Duration) bool {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return true // already gone
+	}
+	if err != nil {
+		t.Fatalf("pidfd_open(%d): %v", pid, err)
+	}
+	defer unix.Close(fd)
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, int(wait.Milliseconds()))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("poll of the pidfd of %d: %v", pid, err)
+		}
+		return n > 0
+	}
 }
