@@ -45,7 +45,7 @@ generate: test-deps
 # 2 cores.
 BENCH := $(GO) test -run '^$$' -timeout 15m
 bench:
-	@echo; echo "=== storage: ByteStream write/read vs file+sha256(+fsync, rename); FindMissingBlobs vs map+proto; GetActionResult vs empty unary RPC; ObjectStore*: the S3 tier (versitygw) vs the disk store ==="
+	@echo; echo "=== storage: ByteStream write/read vs a bare gRPC server (file+sha256, file); FindMissingBlobs 10k/50k vs map on pre-parsed keys+proto; scheduler RSS around 1 GiB of traffic; GetActionResult vs empty unary RPC; ObjectStore*: the S3 tier (versitygw) vs the disk store ==="
 	$(BENCH) -bench . -benchtime=1s ./storage/
 	@echo; echo "=== runner: 10k-file input root, cold vs a loop writing the files, warm vs a loop hardlinking them ==="
 	$(BENCH) -bench . -benchtime=3x ./runner/

@@ -61,6 +61,8 @@ func run(args []string) error {
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
 	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /readyz, /workers and the web console /console/ (empty: off)")
+	pprofOn := fs.Bool("pprof", true, "serve the Go profiler at /debug/pprof/ on --metrics-listen: with token files to client tokens only (Authorization: Bearer), without them only on a loopback address")
+	casFsync := fs.Bool("cas-fsync", false, "fsync every CAS blob before it is stored; off, blobs are synced at shutdown and, after a machine crash, verified before they are served")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
@@ -132,10 +134,11 @@ func run(args []string) error {
 	logger := zerolog.New(logOut).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
-	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
+	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg, storage.WithFsync(*casFsync))
 	if err != nil {
 		return fmt.Errorf("opening storage: %w", err)
 	}
+	defer disk.Close() // Syncs the blobs and marks the store closed cleanly.
 	var cas storage.BlobStore = disk
 	var baseAC storage.ActionCache
 	if *objectStore.url != "" {
@@ -175,6 +178,7 @@ func run(args []string) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
+	opts = append(opts, storage.ReceiveBufferOptions()...)
 	calls := newInflightCalls()
 	opts = append(opts, calls.ServerOptions()...)
 	opts = append(opts, authz.ServerOptions()...)
@@ -259,6 +263,9 @@ func run(args []string) error {
 			ready = node.ReadyHandler()
 		}
 		ms.Handle("/readyz", ready)
+		if h := pprofHandler(*pprofOn, authz, *metricsListen); h != nil {
+			ms.Handle("/debug/pprof/", h)
+		}
 		if sched != nil {
 			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, ListenAddr: *metricsListen, Logger: logger}))
 			ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
