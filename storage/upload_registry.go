@@ -44,6 +44,7 @@ type upload struct {
 	// Guarded by uploadRegistry.mu.
 	owned    bool
 	lastUsed time.Time
+	parkSeq  uint64 // Order of parking: breaks ties of lastUsed (a coarse or fake clock).
 	gone     bool
 }
 
@@ -189,6 +190,7 @@ type uploadRegistry struct {
 	uploads    map[string]*upload
 	parked     int
 	parkedSize int64
+	parkSeq    uint64
 	timer      clock.Timer
 	timerStop  chan struct{}
 }
@@ -245,7 +247,12 @@ func (r *uploadRegistry) sweepLocked() {
 	if r.parked <= r.limits.MaxParked && r.parkedSize <= r.limits.MaxParkedBytes {
 		return
 	}
-	sort.Slice(parked, func(i, j int) bool { return parked[i].lastUsed.Before(parked[j].lastUsed) })
+	sort.Slice(parked, func(i, j int) bool {
+		if !parked[i].lastUsed.Equal(parked[j].lastUsed) {
+			return parked[i].lastUsed.Before(parked[j].lastUsed)
+		}
+		return parked[i].parkSeq < parked[j].parkSeq
+	})
 	for _, u := range parked {
 		if r.parked <= r.limits.MaxParked && r.parkedSize <= r.limits.MaxParkedBytes {
 			return
@@ -371,6 +378,8 @@ func (r *uploadRegistry) park(u *upload) {
 	r.mu.Lock()
 	u.owned = false
 	u.lastUsed = r.clock.Now()
+	r.parkSeq++
+	u.parkSeq = r.parkSeq
 	if r.uploads[u.name] != u || u.resource.Compressor != digest.Identity || u.committed.Load() == 0 {
 		u.gone = true
 		if r.uploads[u.name] == u {
