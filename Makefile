@@ -40,10 +40,12 @@ generate: test-deps
 
 # Every benchmark runs a baseline sub-benchmark first and reports buildfleet's figures next to it
 # as x-baseline ratios (cost over the baseline's: 2.0 is twice as slow or as large), so each
-# package's baseline and figures come from the same go test process. About 4 minutes on 2 cores.
+# package's baseline and figures come from the same go test process; the e2e benchmark reports
+# a remote Bazel build against a local one run in the same rounds (x-local). About 5 minutes on
+# 2 cores.
 BENCH := $(GO) test -run '^$$' -timeout 15m
 bench:
-	@echo; echo "=== storage: ByteStream write/read vs file+sha256(+fsync, rename); FindMissingBlobs vs map+proto; GetActionResult vs empty unary RPC; ObjectStore*: the S3 tier (versitygw) vs the disk store ==="
+	@echo; echo "=== storage: ByteStream write/read vs a bare gRPC server (file+sha256, file); FindMissingBlobs 10k/50k vs map on pre-parsed keys+proto; scheduler RSS around 1 GiB of traffic; GetActionResult vs empty unary RPC; ObjectStore*: the S3 tier (versitygw) vs the disk store ==="
 	$(BENCH) -bench . -benchtime=1s ./storage/
 	@echo; echo "=== runner: 10k-file input root, cold vs a loop writing the files, warm vs a loop hardlinking them ==="
 	$(BENCH) -bench . -benchtime=3x ./runner/
@@ -55,6 +57,8 @@ bench:
 	$(BENCH) -bench 'WorkerRSS' -benchtime=1x ./worker/
 	@echo; echo "=== cluster: no-op Execute through a follower vs straight to the leader (real etcd) ==="
 	$(BENCH) -bench . -benchtime=2000x ./cluster/
+	@echo; echo "=== e2e: Bazel 4.2.3, 300-genrule layered DAG, remote (one worker, 8 slots, this machine) vs local wall time, 3 rounds (x-local) ==="
+	PATH="$(TOOLS)/bin:$$PATH" $(BENCH) -bench BazelLayeredDAG -benchtime=3x ./e2e/
 
 # Releases (goreleaser, see .goreleaser.yaml and the README's "Releases"): `make release` on a
 # commit tagged vX.Y.Z writes the release directory to dist/ (archives, raw binaries, .deb, .rpm,

@@ -8,7 +8,13 @@
 //
 // Fencing: the leader renews its etcd lease itself and stops handing out leases (its scheduler
 // is closed) once a renewal sent at time t is not confirmed by t + TTL - margin, before etcd can
-// let another replica win; two replicas never both hand out leases.
+// let another replica win; two replicas never both hand out leases. The term's scheduler also
+// checks that validity synchronously (scheduler.Config.Fence) before it acts on a call.
+//
+// A replica campaigns only once its advertise address reaches itself (a gRPC health check
+// carrying its random node id), so a wrong --advertise-address never becomes the address every
+// call is forwarded to. Node.Status and Node.ReadyHandler (/readyz) tell a load balancer and an
+// operator whether the replica can serve.
 package cluster
 
 import (
@@ -16,6 +22,11 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Config holds a replica's cluster settings.
@@ -25,6 +36,10 @@ type Config struct {
 	// AdvertiseAddress is the host:port the other replicas reach this replica's gRPC port at;
 	// it is the value the leader writes to etcd.
 	AdvertiseAddress string
+	// AdvertiseHTTPAddress is the host:port at which the other replicas reach this replica's
+	// HTTP server (/workers); while it leads, followers fetch its worker view there. Empty:
+	// followers answer /workers with 503.
+	AdvertiseHTTPAddress string
 	// Prefix is the etcd key prefix of the election. Default "/buildfleet/scheduler/leader".
 	Prefix string
 	// SessionTTL is the etcd lease TTL of the replica's session: a leader that dies is replaced
@@ -78,4 +93,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("session TTL %s: must be whole seconds", c.SessionTTL)
 	}
 	return nil
+}
+
+// EtcdClientConfig returns the etcd client settings a replica uses for endpoints: it reconnects
+// to an etcd that was away within a second of its return (gRPC's default backoff grows to two
+// minutes, and a reconnection a few seconds late delays the next election as much).
+func EtcdClientConfig(endpoints []string) clientv3.Config {
+	return clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})},
+	}
 }

@@ -10,6 +10,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -43,11 +44,13 @@ type target struct {
 	conn  *grpc.ClientConn
 }
 
-// Register registers the replica's Execution, longrunning Operations and Bots services on srv.
+// Register registers the replica's Execution, longrunning Operations, Bots and gRPC health
+// (grpc.health.v1.Health, see healthServer) services on srv.
 func (n *Node) Register(srv *grpc.Server) {
 	repb.RegisterExecutionServer(srv, &executionForwarder{n: n})
 	longrunningpb.RegisterOperationsServer(srv, &operationsForwarder{n: n})
 	rwpb.RegisterBotsServer(srv, &botsForwarder{n: n})
+	healthpb.RegisterHealthServer(srv, &healthServer{n: n})
 }
 
 // Messages of the UNAVAILABLE answers that mean the leader went away (rather than, say, the
@@ -121,7 +124,13 @@ func (n *Node) call(ctx context.Context, attempt func(context.Context, *target) 
 		if progress != nil && progress() {
 			deadline = n.clk.Now().Add(n.cfg.HoldTimeout)
 		}
-		n.log.Debug().Err(err).Str("leader", t.addr).Bool("local", t.local != nil).Msg("Leader did not answer; retrying")
+		if t.local == nil {
+			if e := n.warnLimited("forward-failed"); e != nil {
+				e.Str("leader", t.addr).Str("reason", status.Convert(err).Message()).Msg("Forwarding a call to the scheduler leader failed; holding it and retrying")
+			}
+		} else {
+			n.log.Debug().Err(err).Msg("Local scheduler stepped down; retrying on the next leader")
+		}
 		avoid = t.addr
 		// Give the election a moment before calling the same leader again.
 		n.pause(ctx, n.cfg.RetryInterval)

@@ -3,7 +3,9 @@ package cluster_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -83,26 +85,81 @@ type replica struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	// httpAddr is the address of its HTTP server (replicaOpts.http).
+	httpAddr string
+	// logs holds what the replica logged (warnings and errors).
+	logs *syncBuffer
+	mu   sync.Mutex
+	// scheds and fences are the schedulers of the terms the replica led and their fences.
+	scheds []*scheduler.Scheduler
+	fences []func() error
 	// headers are the "x-test" metadata values of the streams the replica received, each
 	// suffixed "+forwarded" when the call came from another replica.
 	headers chan string
 }
 
-// startReplica starts a replica of etcd e serving s; cfg's AdvertiseAddress and Endpoints are
-// filled in.
-func startReplica(t testing.TB, e *clustertest.Etcd, s *shared, cfg cluster.Config, sc scheduler.Config) *replica {
+// replicaOpts are the optional settings of startReplica.
+type replicaOpts struct {
+	// clk is the replica's clock (default: the system's).
+	clk clock.Clock
+	// advertise is the advertise address (default: the replica's own).
+	advertise string
+	// http starts an HTTP server with /workers and /readyz (replica.httpAddr).
+	http bool
+}
+
+// startReplica starts a replica of etcd e serving s; cfg's Endpoints are filled in, and its
+// AdvertiseAddress too unless set (a test of a wrong one).
+func startReplica(t testing.TB, e *clustertest.Etcd, s *shared, cfg cluster.Config, sc scheduler.Config, opts ...replicaOpts) *replica {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replica{t: t, addr: lis.Addr().String(), reg: prometheus.NewRegistry(), done: make(chan struct{})}
-	cfg.AdvertiseAddress, cfg.Endpoints = r.addr, []string{e.Endpoint}
-	logger := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Str("replica", r.addr).Logger()
-	newSched := func() *scheduler.Scheduler { return scheduler.New(sc, s.cas, s.ac, clock.System, logger, r.reg) }
+	var clk clock.Clock = clock.System
+	var httpLis net.Listener
+	for _, o := range opts {
+		if o.clk != nil {
+			clk = o.clk
+		}
+		if o.advertise != "" {
+			cfg.AdvertiseAddress = o.advertise
+		}
+		if o.http {
+			if httpLis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+				t.Fatal(err)
+			}
+			cfg.AdvertiseHTTPAddress = httpLis.Addr().String()
+		}
+	}
+	r := &replica{t: t, addr: lis.Addr().String(), reg: prometheus.NewRegistry(), done: make(chan struct{}), logs: &syncBuffer{}}
+	if cfg.AdvertiseAddress == "" {
+		cfg.AdvertiseAddress = r.addr
+	}
+	cfg.Endpoints = []string{e.Endpoint}
+	logger := zerolog.New(io.MultiWriter(zerolog.NewTestWriter(t), r.logs)).Level(zerolog.WarnLevel).With().Str("replica", r.addr).Logger()
+	newSched := func(fence func() error) *scheduler.Scheduler {
+		sc := sc
+		sc.Fence = fence
+		sched := scheduler.New(sc, s.cas, s.ac, clk, logger, r.reg)
+		r.mu.Lock()
+		r.scheds = append(r.scheds, sched)
+		r.fences = append(r.fences, fence)
+		r.mu.Unlock()
+		return sched
+	}
 	cli := e.Client(t)
 	r.cli = cli
-	r.node = cluster.New(cfg, cli, newSched, clock.System, logger)
+	r.node = cluster.New(cfg, cli, newSched, clk, logger)
+	if httpLis != nil {
+		r.httpAddr = httpLis.Addr().String()
+		mux := http.NewServeMux()
+		mux.Handle("/workers", r.node.WorkersHandler())
+		mux.Handle("/readyz", r.node.ReadyHandler())
+		hs := &http.Server{Handler: mux}
+		go hs.Serve(httpLis)
+		t.Cleanup(func() { hs.Close() })
+	}
 	r.headers = make(chan string, 100)
 	r.srv = grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		md, _ := metadata.FromIncomingContext(ss.Context())
@@ -236,4 +293,22 @@ func recvOp(t testing.TB, s grpc.ServerStreamingClient[longrunningpb.Operation])
 		t.Fatalf("operation stream: %v", err)
 	}
 	return op
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

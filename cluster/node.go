@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
-	"net/http"
+	"fmt"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
@@ -17,16 +20,28 @@ import (
 	"github.com/buildfleet/buildfleet/scheduler"
 )
 
+// NewSchedulerFunc makes the scheduler of one term a replica leads. fence reports, when asked,
+// whether the term is still certainly valid (nil) or may have ended (an error: the etcd lease
+// renewal was not confirmed in time, or the session is gone); pass it as scheduler.Config.Fence
+// so that the scheduler checks it synchronously before it hands out a lease or accepts a report.
+type NewSchedulerFunc func(fence func() error) *scheduler.Scheduler
+
 // Node is one scheduler replica: it campaigns for leadership, runs a scheduler while it leads,
 // and serves the scheduler's services by dispatching each call to the current leader. Create it
 // with New, register it on the gRPC server with Register and run it with Run.
 type Node struct {
 	cfg          Config
 	cli          *clientv3.Client
-	newScheduler func() *scheduler.Scheduler
+	newScheduler NewSchedulerFunc
 	clk          clock.Clock
 	log          zerolog.Logger
 	dialOpts     []grpc.DialOption
+	// id is this process's random node id: the advertise address reaches this replica when
+	// the replica answering there knows it.
+	id string
+
+	// bg counts the goroutines Run waits for (lease revocations) before it returns.
+	bg sync.WaitGroup
 
 	mu sync.Mutex
 	// leader is the advertise address of the leader as etcd last told it ("" while none).
@@ -38,24 +53,50 @@ type Node struct {
 	conns   map[string]*grpc.ClientConn
 	// terms counts the terms this replica has led.
 	terms int
+	// selfChecked is set once the advertise address was checked; selfErr is the outcome of
+	// the last check (nil: it reaches this replica).
+	selfChecked bool
+	selfErr     error
+	// session is true while the replica holds an etcd session.
+	session bool
+	// probe is what the last call to the leader's health service found.
+	probe leaderProbe
+	// warned is when each rate-limited warning was last logged.
+	warned map[string]time.Time
+}
+
+// leaderProbe is the outcome of the follower's checks that the leader answers.
+type leaderProbe struct {
+	addr string
+	err  error
+	// failingSince is when checks of addr started failing (zero while they succeed).
+	failingSince time.Time
 }
 
 // New returns a replica of the etcd cluster cli connects to. newScheduler makes the scheduler
 // of each term the replica leads (a new, empty one each time); the replica closes it when the
 // term ends. dialOpts are added to the options of connections to the leader (default: none
 // beyond plaintext).
-func New(cfg Config, cli *clientv3.Client, newScheduler func() *scheduler.Scheduler, clk clock.Clock, logger zerolog.Logger, dialOpts ...grpc.DialOption) *Node {
+func New(cfg Config, cli *clientv3.Client, newScheduler NewSchedulerFunc, clk clock.Clock, logger zerolog.Logger, dialOpts ...grpc.DialOption) *Node {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
 	return &Node{
 		cfg:          cfg.withDefaults(),
 		cli:          cli,
 		newScheduler: newScheduler,
 		clk:          clk,
-		log:          logger.With().Str("component", "cluster").Str("advertise", cfg.AdvertiseAddress).Logger(),
+		log:          logger.With().Str("component", "cluster").Str("advertise", cfg.AdvertiseAddress).Str("node_id", id).Logger(),
 		dialOpts:     dialOpts,
+		id:           id,
 		changed:      make(chan struct{}),
 		conns:        map[string]*grpc.ClientConn{},
+		warned:       map[string]time.Time{},
 	}
 }
+
+// ID returns the replica's random node id (new in every process).
+func (n *Node) ID() string { return n.id }
 
 // Leader returns the leader's advertise address as last seen in etcd ("" if none) and whether
 // this replica leads now (runs the scheduler).
@@ -76,10 +117,14 @@ func (n *Node) Terms() int {
 // at once instead of after the session TTL), closes the scheduler and returns nil.
 func (n *Node) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		n.watchLeader(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		n.probeLeader(ctx)
 	}()
 	for ctx.Err() == nil {
 		if err := n.term(ctx); err != nil && ctx.Err() == nil {
@@ -88,6 +133,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	n.bg.Wait()
 	n.mu.Lock()
 	for _, c := range n.conns {
 		c.Close()
@@ -97,15 +143,34 @@ func (n *Node) Run(ctx context.Context) error {
 	return nil
 }
 
-// term opens an etcd session, campaigns until elected, and leads until the session is lost, the
-// fence trips or ctx is done.
+// errAdvertise is returned by term when the advertise address does not reach this replica.
+var errAdvertise = errors.New("advertise address does not reach this replica")
+
+// term checks the advertise address, opens an etcd session, campaigns until elected, checks
+// the advertise address again, and leads until the session is lost, the fence trips or ctx is
+// done. A replica whose advertise address does not reach itself never campaigns (the others
+// would forward to an address that does not answer): it serves as a follower and checks again
+// every session TTL.
 func (n *Node) term(ctx context.Context) error {
+	if n.checkSelf(ctx) != nil {
+		n.pause(ctx, n.cfg.SessionTTL)
+		return nil
+	}
 	ttl := int(n.cfg.SessionTTL / time.Second)
 	sess, err := concurrency.NewSession(n.cli, concurrency.WithTTL(ttl), concurrency.WithContext(ctx))
 	if err != nil {
 		return err
 	}
-	defer sess.Close()
+	n.setSession(true)
+	// The session ends with the term: its lease is revoked, which deletes the election key at
+	// once (the next leader need not wait for the TTL). If etcd does not answer now, the
+	// revocation is retried until it does: a lease etcd restores after a restart would
+	// otherwise block the election for a TTL more.
+	defer func() {
+		n.setSession(false)
+		sess.Orphan()
+		n.revoke(ctx, sess.Lease())
+	}()
 	campaign, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -115,19 +180,44 @@ func (n *Node) term(ctx context.Context) error {
 		case <-campaign.Done():
 		}
 	}()
-	el := concurrency.NewElection(sess, n.cfg.Prefix+"/")
-	if err := el.Campaign(campaign, n.cfg.AdvertiseAddress); err != nil {
-		return err
+	if n.cfg.AdvertiseHTTPAddress != "" {
+		if _, err := n.cli.Put(campaign, n.httpKey(n.cfg.AdvertiseAddress), n.cfg.AdvertiseHTTPAddress, clientv3.WithLease(sess.Lease())); err != nil {
+			return err
+		}
 	}
-	// Elected. The term's validity starts from a renewal sent now.
+	el := concurrency.NewElection(sess, n.cfg.Prefix+"/")
+	// Campaign, once its context ends, deletes its key with the client's own context, which
+	// waits for etcd however long it is away; the term does not wait for it (the revocation
+	// above deletes the key too).
+	won := make(chan error, 1)
+	go func() { won <- el.Campaign(campaign, n.cfg.AdvertiseAddress) }()
+	select {
+	case err := <-won:
+		if err != nil {
+			return err
+		}
+	case <-campaign.Done():
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("etcd session lost while campaigning")
+	}
+	// Elected. A replica that does not reach itself at its advertise address must not lead:
+	// the others would forward every call to an address that does not answer.
+	if err := n.checkSelf(campaign); err != nil {
+		n.log.Error().Msg("Elected, but the advertise address does not reach this replica: stepping down")
+		return nil
+	}
+	// The term's validity starts from a renewal sent now.
 	validUntil, err := n.renew(campaign, sess.Lease())
 	if err != nil {
 		return err
 	}
-	sched := n.newScheduler()
+	f := &termFence{clk: n.clk, validUntil: validUntil, sessDone: sess.Done()}
+	sched := n.newScheduler(f.check)
 	n.setLocal(sched)
 	n.log.Info().Msg("Elected leader: scheduler serving")
-	lost := n.fence(campaign, sess.Lease(), validUntil)
+	lost := n.fence(campaign, sess.Lease(), f)
 	select {
 	case <-sess.Done():
 		n.log.Warn().Msg("etcd session lost: stepping down")
@@ -138,12 +228,69 @@ func (n *Node) term(ctx context.Context) error {
 	}
 	n.setLocal(nil)
 	sched.Close()
-	rctx, rcancel := context.WithTimeout(context.Background(), n.cfg.SessionTTL)
-	defer rcancel()
-	if err := el.Resign(rctx); err != nil && ctx.Err() != nil {
-		n.log.Warn().Err(err).Msg("Resign failed; the next leader takes over after the session TTL")
+	return nil
+}
+
+// revoke revokes lease id. If etcd does not answer within a third of the TTL and ctx is not
+// done, it keeps trying in the background (Run waits for it) until etcd answers, the lease is
+// gone, or ctx is done.
+func (n *Node) revoke(ctx context.Context, id clientv3.LeaseID) {
+	attempt := func() bool {
+		rctx, cancel := context.WithTimeout(context.Background(), n.cfg.SessionTTL/3)
+		defer cancel()
+		_, err := n.cli.Revoke(rctx, id)
+		return err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound)
+	}
+	if attempt() || ctx.Err() != nil {
+		return
+	}
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		for ctx.Err() == nil && !attempt() {
+			n.pause(ctx, n.cfg.RetryInterval)
+		}
+	}()
+}
+
+// termFence is the validity of one term, checked synchronously by the term's scheduler.
+type termFence struct {
+	clk      clock.Clock
+	sessDone <-chan struct{}
+
+	mu         sync.Mutex
+	validUntil time.Time
+}
+
+// check returns nil while the term is certainly valid: the session is alive and the clock has
+// not reached the validity a confirmed renewal gave.
+func (f *termFence) check() error {
+	select {
+	case <-f.sessDone:
+		return errors.New("etcd session lost")
+	default:
+	}
+	f.mu.Lock()
+	v := f.validUntil
+	f.mu.Unlock()
+	if !f.clk.Now().Before(v) {
+		return fmt.Errorf("etcd lease renewal not confirmed by %s", v.Format(time.RFC3339Nano))
 	}
 	return nil
+}
+
+func (f *termFence) until() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.validUntil
+}
+
+func (f *termFence) extend(v time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v.After(f.validUntil) {
+		f.validUntil = v
+	}
 }
 
 // renew renews lease id once and returns until when the leadership it backs is certainly
@@ -164,15 +311,15 @@ func (n *Node) renew(ctx context.Context, id clientv3.LeaseID) (time.Time, error
 // fenceMargin is how long before the lease could expire the leader stops.
 func (n *Node) fenceMargin() time.Duration { return n.cfg.SessionTTL / 10 }
 
-// fence renews lease id every TTL/4 and returns a channel closed once validUntil passes without
-// a confirmed renewal (or ctx is done).
-func (n *Node) fence(ctx context.Context, id clientv3.LeaseID, validUntil time.Time) <-chan struct{} {
+// fence renews lease id every TTL/4, extending f, and returns a channel closed once f's
+// validity passes without a confirmed renewal (or ctx is done).
+func (n *Node) fence(ctx context.Context, id clientv3.LeaseID, f *termFence) <-chan struct{} {
 	lost := make(chan struct{})
 	go func() {
 		defer close(lost)
 		every := n.cfg.SessionTTL / 4
 		for {
-			wait := min(every, validUntil.Sub(n.clk.Now()))
+			wait := min(every, f.until().Sub(n.clk.Now()))
 			if wait <= 0 {
 				return
 			}
@@ -183,7 +330,7 @@ func (n *Node) fence(ctx context.Context, id clientv3.LeaseID, validUntil time.T
 				t.Stop()
 				return
 			}
-			if !n.clk.Now().Before(validUntil) {
+			if f.check() != nil {
 				return
 			}
 			renewed := make(chan time.Time, 1)
@@ -194,11 +341,11 @@ func (n *Node) fence(ctx context.Context, id clientv3.LeaseID, validUntil time.T
 					close(renewed)
 				}
 			}()
-			dl, dch := n.clk.NewTimer(max(validUntil.Sub(n.clk.Now()), 0))
+			dl, dch := n.clk.NewTimer(max(f.until().Sub(n.clk.Now()), 0))
 			select {
 			case v, ok := <-renewed:
-				if ok && v.After(validUntil) {
-					validUntil = v
+				if ok {
+					f.extend(v)
 				}
 			case <-dch:
 				return
@@ -274,6 +421,12 @@ func (n *Node) setLocal(sched *scheduler.Scheduler) {
 	n.notifyLocked()
 }
 
+func (n *Node) setSession(up bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.session = up
+}
+
 func (n *Node) notifyLocked() {
 	close(n.changed)
 	n.changed = make(chan struct{})
@@ -309,7 +462,7 @@ func (n *Node) await(ctx context.Context, deadline time.Time, avoid string) (*ta
 			n.mu.Unlock()
 			return &target{local: local}, nil
 		}
-		if leader != "" && leader != n.cfg.AdvertiseAddress && leader != avoid {
+		if leader != "" && !n.isSelfLocked(leader) && leader != avoid {
 			conn, err := n.connLocked(leader)
 			n.mu.Unlock()
 			if err != nil {
@@ -338,6 +491,13 @@ func (n *Node) await(ctx context.Context, deadline time.Time, avoid string) (*ta
 	}
 }
 
+// isSelfLocked reports whether addr is this replica's own advertise address (a leader this
+// replica is about to be, or just stopped being). An advertise address that was found to reach
+// another replica is not this one's: calls are forwarded there.
+func (n *Node) isSelfLocked(addr string) bool {
+	return addr == n.cfg.AdvertiseAddress && (!n.selfChecked || n.selfErr == nil)
+}
+
 // connLocked returns the (shared, lazily connecting) client connection to addr.
 func (n *Node) connLocked(addr string) (*grpc.ClientConn, error) {
 	if c := n.conns[addr]; c != nil {
@@ -355,17 +515,18 @@ func (n *Node) connLocked(addr string) (*grpc.ClientConn, error) {
 	return c, nil
 }
 
-// WorkersHandler serves the leader's worker view (scheduler.WorkersHandler); a replica that does
-// not lead answers 503 naming the leader.
-func (n *Node) WorkersHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.mu.Lock()
-		local, leader := n.local, n.leader
-		n.mu.Unlock()
-		if local == nil {
-			http.Error(w, "this scheduler replica does not lead; the leader is "+leader, http.StatusServiceUnavailable)
-			return
-		}
-		local.sched.WorkersHandler().ServeHTTP(w, r)
-	})
+// warnLimited returns a warning event of kind to log, or nil when one was logged less than
+// warnEvery ago.
+func (n *Node) warnLimited(kind string) *zerolog.Event {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	now := n.clk.Now()
+	if last, ok := n.warned[kind]; ok && now.Sub(last) < warnEvery {
+		return nil
+	}
+	n.warned[kind] = now
+	return n.log.Warn()
 }
+
+// warnEvery is the least time between two rate-limited warnings of the same kind.
+const warnEvery = 5 * time.Second

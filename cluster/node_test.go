@@ -201,3 +201,23 @@ func TestFrozenEtcdFencesTheLeader(t *testing.T) {
 		t.Fatal("two replicas led at the same time")
 	}
 }
+
+// etcd restarted (down for longer than the session TTL): a leader is elected again about a
+// session TTL after etcd answers, not after the etcd client's reconnection backoff or the
+// lease of the replica that stepped down running out on its own.
+func TestLeaderIsElectedSoonAfterEtcdRestarts(t *testing.T) {
+	etcd := clustertest.StartEtcd(t)
+	st := newShared(t)
+	a := startReplica(t, etcd, st, testCluster, scheduler.Config{})
+	waitFor(t, "a leader", 10*time.Second, a.leads)
+	b := startReplica(t, etcd, st, testCluster, scheduler.Config{})
+	waitFor(t, "the follower to see the leader", 10*time.Second, func() bool { l, _ := b.node.Leader(); return l == a.addr })
+
+	back := etcd.Restart(t, 5*testCluster.SessionTTL)
+	waitFor(t, "a leader after etcd restarted", 30*time.Second, func() bool { return a.leads() || b.leads() })
+	took := time.Since(back)
+	t.Logf("FIGURE: etcd answering again → a replica leads: %s (session TTL %s)", took.Round(time.Millisecond), testCluster.SessionTTL)
+	if took > testCluster.SessionTTL*3/2 {
+		t.Fatalf("a leader was elected %s after etcd came back, want about the session TTL %s", took, testCluster.SessionTTL)
+	}
+}

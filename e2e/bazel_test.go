@@ -16,7 +16,7 @@ import (
 )
 
 // bazel4 and bazel2 locate the Bazel binaries installed by scripts/install-test-deps.sh.
-func bazel4(t *testing.T) string {
+func bazel4(t testing.TB) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end Bazel test skipped in -short mode")
@@ -44,7 +44,7 @@ func bazel2(t *testing.T) string {
 // HOME so nothing leaks into the machine's caches. Its Bazel server is shut down when the test
 // ends.
 type workspace struct {
-	t      *testing.T
+	t      testing.TB
 	bazel  string
 	dir    string
 	root   string
@@ -63,7 +63,7 @@ func (w *workspace) slowDown(d time.Duration) {
 
 // newWorkspace writes a workspace of n genrules: chains of ten, each link reading the previous
 // output, so actions have real inputs, plus a filegroup "everything" over all of them.
-func newWorkspace(t *testing.T, bazel string, n int) *workspace {
+func newWorkspace(t testing.TB, bazel string, n int) *workspace {
 	t.Helper()
 	base := t.TempDir()
 	w := &workspace{
@@ -114,7 +114,7 @@ func (w *workspace) writeBuild() {
 	write(w.t, filepath.Join(w.dir, "BUILD"), b.String())
 }
 
-func write(t *testing.T, path, content string) {
+func write(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
@@ -186,7 +186,7 @@ var processesLine = regexp.MustCompile(`INFO: (\d+) processes?: (.*)\.`)
 
 // processCounts parses Bazel's "INFO: N processes: 1 internal, 200 remote cache hit." line into
 // counts by kind ("internal", "remote cache hit", "remote", "linux-sandbox", …).
-func processCounts(t *testing.T, out string) map[string]int {
+func processCounts(t testing.TB, out string) map[string]int {
 	t.Helper()
 	m := processesLine.FindAllStringSubmatch(out, -1)
 	if len(m) == 0 {
@@ -212,7 +212,7 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func sameOutputs(t *testing.T, want, got map[string]string) {
+func sameOutputs(t testing.TB, want, got map[string]string) {
 	t.Helper()
 	var diff []string
 	for k, v := range want {

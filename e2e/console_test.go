@@ -133,7 +133,7 @@ func consoleWorkspace(t *testing.T, bz string) *workspace {
 }
 
 // workersJSON reads the scheduler's /workers page.
-func workersJSON(t *testing.T, s *scheduler) map[string]struct {
+func workersJSON(t testing.TB, s *scheduler) map[string]struct {
 	State      string `json:"state"`
 	LeasesHeld int    `json:"leases_held"`
 } {

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,11 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 
+	"github.com/buildfleet/buildfleet/cluster"
 	"github.com/buildfleet/buildfleet/internal/clustertest"
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/internal/objectstoretest"
@@ -42,14 +45,14 @@ func startHACluster(t *testing.T, n int) *haCluster {
 		"--object-store=s3://buildfleet-ha/cache", "--s3-endpoint=" + s3.Endpoint(),
 		"--s3-region=" + objectstoretest.Region, "--s3-force-path-style",
 	}
-	var backends []string
+	var backends []clustertest.Backend
 	for i := 0; i < n; i++ {
 		s := &scheduler{
 			addr:        fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 			metricsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		}
 		c.replicas = append(c.replicas, s)
-		backends = append(backends, s.addr)
+		backends = append(backends, clustertest.Backend{Addr: s.addr, Check: s.metricsAddr})
 		c.start(i)
 	}
 	c.proxy = clustertest.StartHAProxy(t, backends)
@@ -68,22 +71,28 @@ func (c *haCluster) start(i int) {
 	waitHealthy(c.t, s.process, "http://"+s.metricsAddr+"/healthz", 30*time.Second)
 }
 
-// leader returns the index of the replica whose /workers page answers (only the leader's
-// does), or -1.
+// leader returns the index of the replica whose /readyz says it leads, or -1.
 func (c *haCluster) leader() int {
 	for i, s := range c.replicas {
 		if s.process == nil {
 			continue
 		}
-		resp, err := http.Get("http://" + s.metricsAddr + "/workers")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return i
-			}
+		if st, ok := readyz(s); ok && st.Role == "leader" {
+			return i
 		}
 	}
 	return -1
+}
+
+// readyz reads replica s's /readyz (ok false when it does not answer within a second).
+func readyz(s *scheduler) (st cluster.Status, ok bool) {
+	cl := http.Client{Timeout: time.Second}
+	resp, err := cl.Get("http://" + s.metricsAddr + "/readyz")
+	if err != nil {
+		return st, false
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st) == nil
 }
 
 // counter reads a counter of replica s, -1 if it does not answer.
@@ -330,4 +339,37 @@ func TestBazelBuildSurvivesFrozenEtcd(t *testing.T) {
 			t.Errorf("action %s ran %d times", d, n)
 		}
 	}
+}
+
+// TestHAProxyTakesAStoppedFollowerOut stops a follower (SIGSTOP: its kernel still accepts
+// connections, so a TCP check cannot tell) behind HAProxy, whose HTTP check of /readyz times
+// out and marks it down: calls on new connections then all reach the other replicas, none
+// stalls. Once the follower continues (SIGCONT) it answers /readyz again.
+func TestHAProxyTakesAStoppedFollowerOut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the scheduler binary, etcd, HAProxy and versitygw")
+	}
+	c := startHACluster(t, 3)
+	lead := c.leader()
+	stopped := c.replicas[(lead+1)%3]
+	pid := stopped.process.cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
+	// Two failed checks, 200 ms apart, each timing out after 300 ms.
+	time.Sleep(1500 * time.Millisecond)
+	probe := digest.FromBytes([]byte("probe")).Proto()
+	for i := 0; i < 9; i++ { // three rounds of the round-robin, a new connection each
+		conn := dial(t, c.proxy.Addr)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := repb.NewContentAddressableStorageClient(conn).FindMissingBlobs(ctx, &repb.FindMissingBlobsRequest{BlobDigests: []*repb.Digest{probe}})
+		cancel()
+		conn.Close()
+		if err != nil {
+			t.Fatalf("call %d through HAProxy with a follower stopped: %v", i, err)
+		}
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	waitUntil(t, 10*time.Second, "the follower to answer /readyz again", func() bool { _, ok := readyz(stopped); return ok })
 }

@@ -51,7 +51,7 @@ func testingShort() bool {
 }
 
 // freePort returns a free TCP port on 127.0.0.1.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,7 +71,7 @@ type process struct {
 
 // start runs binary with args, logging to a file in the test's temp dir. The process is
 // stopped (SIGTERM, then SIGKILL after 20 s) when the test ends.
-func start(t *testing.T, name, binary string, env []string, args ...string) *process {
+func start(t testing.TB, name, binary string, env []string, args ...string) *process {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), name+".log")
 	f, err := os.Create(logPath)
@@ -86,7 +86,7 @@ func start(t *testing.T, name, binary string, env []string, args ...string) *pro
 }
 
 // startCmd starts cmd, whose output goes to f (at logPath), as start does.
-func startCmd(t *testing.T, name string, cmd *exec.Cmd, f *os.File, logPath string) *process {
+func startCmd(t testing.TB, name string, cmd *exec.Cmd, f *os.File, logPath string) *process {
 	t.Helper()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -103,7 +103,7 @@ func startCmd(t *testing.T, name string, cmd *exec.Cmd, f *os.File, logPath stri
 }
 
 // stop sends SIGTERM and waits up to grace, then kills the process group.
-func (p *process) stop(t *testing.T, grace time.Duration) error {
+func (p *process) stop(t testing.TB, grace time.Duration) error {
 	select {
 	case err := <-p.done:
 		p.done <- err
@@ -131,7 +131,7 @@ func (p *process) kill() {
 	p.done <- err
 }
 
-func (p *process) dumpLog(t *testing.T) {
+func (p *process) dumpLog(t testing.TB) {
 	b, err := os.ReadFile(p.log)
 	if err != nil {
 		return
@@ -161,7 +161,7 @@ func (p *process) logContains(s string) bool {
 }
 
 // waitHealthy polls url until it answers 200, failing the test after timeout.
-func waitHealthy(t *testing.T, p *process, url string, timeout time.Duration) {
+func waitHealthy(t testing.TB, p *process, url string, timeout time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -195,7 +195,7 @@ type scheduler struct {
 
 // startScheduler starts the scheduler on free loopback ports with its storage in dir (a fresh
 // temp dir when empty).
-func startScheduler(t *testing.T, dir string, args ...string) *scheduler {
+func startScheduler(t testing.TB, dir string, args ...string) *scheduler {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -216,7 +216,7 @@ func startScheduler(t *testing.T, dir string, args ...string) *scheduler {
 }
 
 // startWorker starts a worker process against the scheduler, with its cache in a temp dir.
-func startWorker(t *testing.T, s *scheduler, name string, args ...string) *process {
+func startWorker(t testing.TB, s *scheduler, name string, args ...string) *process {
 	t.Helper()
 	cache := t.TempDir()
 	all := append([]string{

@@ -31,7 +31,9 @@ func sigtermAndWait(t *testing.T, s *scheduler) {
 func waitExit(t *testing.T, s *scheduler) {
 	t.Helper()
 	start := time.Now()
-	defer func() { t.Logf("scheduler exited %v after the streams ended", time.Since(start).Round(time.Millisecond)) }()
+	defer func() {
+		t.Logf("scheduler exited %v after the streams ended", time.Since(start).Round(time.Millisecond))
+	}()
 	select {
 	case err := <-s.done:
 		s.done <- err

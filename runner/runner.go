@@ -386,7 +386,7 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 		blobs[d] = src
 		s.set(d.Proto())
 	}
-	if err := r.cas.upload(ctx, blobs); err != nil {
+	if err := r.uploadOutputs(ctx, logger, blobs); err != nil {
 		return nil, rpcstatus.Wrap(err, "Failed to upload outputs")
 	}
 	md.OutputUploadCompletedTimestamp = r.now()
@@ -394,6 +394,43 @@ func (r *Runner) run(ctx context.Context, logger zerolog.Logger, action *repb.Ac
 		return result, status.Errorf(codes.DeadlineExceeded, "Action timed out after %s", timeout)
 	}
 	return result, nil
+}
+
+// Backoff of output upload retries.
+const (
+	uploadRetryMin = 100 * time.Millisecond
+	uploadRetryMax = 5 * time.Second
+)
+
+// uploadOutputs uploads an action's outputs. While the CAS cannot be reached (UNAVAILABLE, a
+// call's DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED: every scheduler replica restarting,
+// a load balancer with no backend) it keeps the finished outputs and tries again with backoff
+// (100 ms doubling to 5 s) instead of failing the action, which would make the scheduler run it
+// again. It gives up only when ctx ends: the scheduler withdrew the lease (or it expired) or a
+// drain ran out of time.
+func (r *Runner) uploadOutputs(ctx context.Context, logger zerolog.Logger, blobs map[digest.Digest]uploadSource) error {
+	delay := uploadRetryMin
+	for attempt := 1; ; attempt++ {
+		err := r.cas.upload(ctx, blobs)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		switch status.Code(err) {
+		case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+		default:
+			return err
+		}
+		logger.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", delay).
+			Msg("Output upload failed; keeping the outputs and retrying")
+		t, ch := r.clock.NewTimer(delay)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		delay = min(2*delay, uploadRetryMax)
+	}
 }
 
 // logBlob hashes the stdout or stderr file at path.

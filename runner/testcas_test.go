@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +37,10 @@ type testCAS struct {
 	gated   digest.Digest
 	gate    chan struct{}
 	entered chan digest.Digest
+
+	// unavailable is how many FindMissingBlobs calls (the start of every output upload) still
+	// fail with UNAVAILABLE, as when every scheduler replica is down for a moment.
+	unavailable atomic.Int32
 
 	mu    sync.Mutex
 	blobs map[digest.Digest][]byte
@@ -205,6 +210,10 @@ func (s *testCAS) GetCapabilities(ctx context.Context, req *repb.GetCapabilities
 
 func (s *testCAS) FindMissingBlobs(ctx context.Context, req *repb.FindMissingBlobsRequest) (*repb.FindMissingBlobsResponse, error) {
 	s.count("FindMissingBlobs")
+	if s.unavailable.Add(-1) >= 0 {
+		return nil, status.Error(codes.Unavailable, "connection refused")
+	}
+	s.unavailable.Store(0)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	resp := &repb.FindMissingBlobsResponse{}

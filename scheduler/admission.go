@@ -6,7 +6,6 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"sync"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"golang.org/x/sync/errgroup"
@@ -54,35 +53,25 @@ func (s *Scheduler) checkAction(ctx context.Context, d digest.Digest) (*checkedA
 		return nil, status.Errorf(codes.InvalidArgument, "Invalid action %s: negative timeout", d)
 	}
 
+	// The Command (one small blob) is read before the input root is walked, on this goroutine:
+	// for the small trees of most actions, goroutines cost more than they overlap.
 	var (
-		command    repb.Command
-		mu         sync.Mutex
-		missing    []digest.Digest
-		addMissing = func(ds ...digest.Digest) {
-			mu.Lock()
-			missing = append(missing, ds...)
-			mu.Unlock()
-		}
+		command repb.Command
+		missing []digest.Digest
 	)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := s.readMessage(gctx, cmdDigest, &command, "Command"); err != nil {
-			if status.Code(err) == codes.NotFound {
-				addMissing(cmdDigest)
-				return nil
-			}
-			return err
+	if err := s.readMessage(ctx, cmdDigest, &command, "Command"); err != nil {
+		if status.Code(err) != codes.NotFound {
+			return nil, err
 		}
-		return checkCommand(cmdDigest, &command)
-	})
-	g.Go(func() error {
-		m, err := s.checkTree(gctx, rootDigest)
-		addMissing(m...)
-		return err
-	})
-	if err := g.Wait(); err != nil {
+		missing = append(missing, cmdDigest)
+	} else if err := checkCommand(cmdDigest, &command); err != nil {
 		return nil, err
 	}
+	m, err := s.checkTree(ctx, rootDigest)
+	if err != nil {
+		return nil, err
+	}
+	missing = append(missing, m...)
 	if len(missing) > 0 {
 		slices.SortFunc(missing, func(a, b digest.Digest) int { return strings.Compare(a.Hash, b.Hash) })
 		missing = slices.Compact(missing)
@@ -102,24 +91,32 @@ func (s *Scheduler) checkTree(ctx context.Context, root digest.Digest) ([]digest
 	for len(level) > 0 {
 		dirs := make([]*repb.Directory, len(level))
 		absent := make([]bool, len(level))
-		g, gctx := errgroup.WithContext(ctx)
-		g.SetLimit(16)
-		for i, d := range level {
-			g.Go(func() error {
-				var dir repb.Directory
-				if err := s.readMessage(gctx, d, &dir, "Directory"); err != nil {
-					if status.Code(err) == codes.NotFound {
-						absent[i] = true
-						return nil
-					}
-					return err
+		read := func(ctx context.Context, i int) error {
+			var dir repb.Directory
+			if err := s.readMessage(ctx, level[i], &dir, "Directory"); err != nil {
+				if status.Code(err) == codes.NotFound {
+					absent[i] = true
+					return nil
 				}
-				dirs[i] = &dir
-				return nil
-			})
+				return err
+			}
+			dirs[i] = &dir
+			return nil
 		}
-		if err := g.Wait(); err != nil {
-			return nil, err
+		if len(level) == 1 {
+			// One directory (the root, or a chain): no goroutines to start.
+			if err := read(ctx, 0); err != nil {
+				return nil, err
+			}
+		} else {
+			g, gctx := errgroup.WithContext(ctx)
+			g.SetLimit(16)
+			for i := range level {
+				g.Go(func() error { return read(gctx, i) })
+			}
+			if err := g.Wait(); err != nil {
+				return nil, err
+			}
 		}
 		var next []digest.Digest
 		for i, dir := range dirs {

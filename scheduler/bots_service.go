@@ -90,6 +90,11 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 	s.prepareAdoption(ctx, in.Leases)
 
 	s.enter()
+	if s.fenced {
+		// A fenced leader accepts no result: the bot keeps it and reports it to the next one.
+		s.leave()
+		return nil, status.Error(codes.Unavailable, "Scheduler is shutting down")
+	}
 	b, err := s.sessionForUpdateLocked(in)
 	if err != nil {
 		s.leave()

@@ -50,6 +50,13 @@ type Config struct {
 	// just took over (a new leader) before a client's request makes an action run twice.
 	// Default 0 (none): a single process has nobody to take over from.
 	AdoptionWindow time.Duration
+	// Fence, when set, is asked whether this scheduler may still act as the leader each time it
+	// is entered (before it hands out a lease, accepts a bot's report or queues an operation). A
+	// non-nil answer closes the scheduler at once, as Close does, and the call fails with
+	// UNAVAILABLE ("Scheduler is shutting down"), so a replica whose etcd session may have
+	// expired never acts on calls it received while it was stopped, whatever its timers say.
+	// Nil: never fenced (one process).
+	Fence func() error
 }
 
 // Defaults of Config.

@@ -64,7 +64,9 @@ type Scheduler struct {
 	timerAt   time.Time
 	timerStop chan struct{}
 	closed    bool
-	done      chan struct{}
+	// fenced is set when Config.Fence closed the scheduler: bots' reports are refused too.
+	fenced bool
+	done   chan struct{}
 }
 
 // actionKey identifies an action within an instance name.
@@ -108,6 +110,10 @@ func (s *Scheduler) Register(srv *grpc.Server) {
 func (s *Scheduler) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closeLocked()
+}
+
+func (s *Scheduler) closeLocked() {
 	if s.closed {
 		return
 	}
@@ -134,6 +140,13 @@ func (s *Scheduler) leave() {
 
 // enterLocked runs every deadline that is due.
 func (s *Scheduler) enterLocked() {
+	if !s.closed && s.cfg.Fence != nil {
+		if err := s.cfg.Fence(); err != nil {
+			s.log.Warn().Err(err).Msg("Fenced: this scheduler may no longer lead; it hands out no more leases")
+			s.fenced = true
+			s.closeLocked()
+		}
+	}
 	now := s.clk.Now()
 	for {
 		d, ok := s.deadlines.popDue(now)

@@ -22,6 +22,9 @@ type blobEntry struct {
 	// the use order across restarts; they are refreshed only when they are stale by more than
 	// touchGranularity, so hot blobs do not cost a system call on every use.
 	persisted time.Time
+	// unverified marks a blob found at start-up after an unclean shutdown: without fsync its
+	// bytes may not have reached the disk, so it is hashed before it is first served.
+	unverified bool
 }
 
 func newBlobIndex() *blobIndex {

@@ -16,6 +16,7 @@ type blobStoreMetrics struct {
 	hits         *prometheus.CounterVec
 	misses       *prometheus.CounterVec
 	rejected     prometheus.Counter
+	corrupt      prometheus.Counter
 }
 
 func newBlobStoreMetrics(reg prometheus.Registerer) *blobStoreMetrics {
@@ -37,6 +38,8 @@ func newBlobStoreMetrics(reg prometheus.Registerer) *blobStoreMetrics {
 			Name: "misses_total", Help: "Lookups that did not find the blob, by operation."}, []string{"operation"}),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "rejected_writes_total", Help: "Writes refused because the content did not match its digest."}),
+		corrupt: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "corrupt_blobs_total", Help: "Blobs found not to match their digest when verified after an unclean shutdown, and removed."}),
 	}
 	if reg == nil {
 		return m
@@ -49,6 +52,7 @@ func newBlobStoreMetrics(reg prometheus.Registerer) *blobStoreMetrics {
 	m.hits = register(reg, m.hits)
 	m.misses = register(reg, m.misses)
 	m.rejected = register(reg, m.rejected)
+	m.corrupt = register(reg, m.corrupt)
 	return m
 }
 

@@ -16,8 +16,14 @@ import (
 	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
-// readChunkSize is the size of the data of each ByteStream ReadResponse.
-const readChunkSize = 64 << 10
+// readChunkSize is the size of the data of each ByteStream ReadResponse: just under 1 MiB, so
+// that the encoded message (the data, its 1-byte field tag and 3-byte length) fits the 1 MiB
+// tier of gRPC's buffer pool exactly. gRPC serializes every message into a pooled buffer of the
+// smallest tier that holds it (256 B, 4 KiB, 16 KiB, 32 KiB, 1 MiB) and clears it; a 64 KiB
+// chunk lands in the 1 MiB tier too and pays for clearing 16 times its size, a chunk of exactly
+// 1 MiB would outgrow the tier and be allocated afresh. Clients accept it: it is far below
+// gRPC's 4 MiB default receive limit.
+const readChunkSize = 1<<20 - 64
 
 var readBuffers = sync.Pool{New: func() any { b := make([]byte, readChunkSize); return &b }}
 
@@ -72,6 +78,7 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 	}
 	defer r.Close()
 	sender := &chunkSender{stream: stream}
+	defer sender.release()
 	if rn.Compressor == digest.Zstd {
 		enc := zstdEncoders.Get().(*zstd.Encoder)
 		enc.Reset(sender)
@@ -93,10 +100,20 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 	return nil
 }
 
-// chunkSender sends data to a Read stream in chunks of at most readChunkSize bytes.
+// chunkSender sends data to a Read stream in chunks of at most readChunkSize bytes. Its buffer
+// comes from readBuffers; release returns it.
 type chunkSender struct {
 	stream bspb.ByteStream_ReadServer
+	bufp   *[]byte
 	buf    []byte
+}
+
+// release returns the chunk buffer to the pool. The sender must not be used afterwards.
+func (c *chunkSender) release() {
+	if c.bufp != nil {
+		readBuffers.Put(c.bufp)
+		c.bufp, c.buf = nil, nil
+	}
 }
 
 // copyFrom sends everything r holds, reading it straight into the chunk buffer.
@@ -123,8 +140,9 @@ func (c *chunkSender) copyFrom(r io.Reader) error {
 func (c *chunkSender) Write(p []byte) (int, error) {
 	written := len(p)
 	for len(p) > 0 {
-		if c.buf == nil {
-			c.buf = make([]byte, 0, readChunkSize)
+		if c.bufp == nil {
+			c.bufp = readBuffers.Get().(*[]byte)
+			c.buf = (*c.bufp)[:0]
 		}
 		n := min(len(p), readChunkSize-len(c.buf))
 		c.buf = append(c.buf, p[:n]...)

@@ -13,6 +13,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/storage"
@@ -81,8 +82,20 @@ func TestByteStreamWriteRead(t *testing.T) {
 	if !bytes.Equal(got, data) {
 		t.Fatal("read back different content")
 	}
-	if chunks != 17 {
-		t.Errorf("read in %d chunks, want 17 of at most 64 KiB", chunks)
+	// Chunks just under 1 MiB: the encoded ReadResponse fits gRPC's 1 MiB buffer tier.
+	if chunks != 2 {
+		t.Errorf("read in %d chunks, want 2 of just under 1 MiB", chunks)
+	}
+	stream, err := e.bs.Read(ctx, &bspb.ReadRequest{ResourceName: digest.ReadResourceName("", d, digest.Identity)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := proto.Size(first); n > 1<<20 || n < 1<<20-4<<10 {
+		t.Errorf("first ReadResponse encodes to %d bytes, want just under 1 MiB", n)
 	}
 	got, _, err = readStream(ctx, e.bs, &bspb.ReadRequest{ResourceName: digest.ReadResourceName("main", d, digest.Identity), ReadOffset: 1000, ReadLimit: 5000})
 	if err != nil || !bytes.Equal(got, data[1000:6000]) {

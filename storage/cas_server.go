@@ -72,9 +72,18 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 	if err != nil {
 		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to find missing blobs")
 	}
+	// The store answers in the order given: walk the request alongside and answer with its own
+	// Digest messages rather than allocating new ones.
 	resp := &repb.FindMissingBlobsResponse{MissingBlobDigests: make([]*repb.Digest, 0, len(missing))}
-	for _, d := range missing {
-		resp.MissingBlobDigests = append(resp.MissingBlobDigests, d.Proto())
+	j := 0
+	for i, p := range req.GetBlobDigests() {
+		if j < len(missing) && ds[i] == missing[j] {
+			resp.MissingBlobDigests = append(resp.MissingBlobDigests, p)
+			j++
+		}
+	}
+	for ; j < len(missing); j++ { // Only if a store broke the order: still answer in full.
+		resp.MissingBlobDigests = append(resp.MissingBlobDigests, missing[j].Proto())
 	}
 	return resp, nil
 }

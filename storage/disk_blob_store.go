@@ -3,6 +3,8 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -38,10 +41,19 @@ var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize);
 // DIR/cas/{hash[:2]}/{hash}, bounded in total size by evicting the least recently used blobs.
 //
 // Writes go to a temporary file under DIR/tmp (same file system) while the content is hashed
-// and counted; the file is synced and renamed into place only when size and SHA-256 match, so
-// a reader never sees a partial or wrong blob. The index of sizes and use order lives in memory
-// and is rebuilt from the directory at start-up (order from file modification times), so the
-// store survives restarts. One process at a time may open a directory.
+// and counted; the file is renamed into place only when size and SHA-256 match, so a reader
+// never sees a partial or wrong blob. The index of sizes and use order lives in memory and is
+// rebuilt from the directory at start-up (order from file modification times), so the store
+// survives restarts. One process at a time may open a directory.
+//
+// Durability: by default a blob is not fsynced before it is renamed into place (WithFsync
+// turns that on). A crash of the process loses nothing (the page cache holds the bytes); a crash
+// of the machine may leave recently written blob files short or with wrong bytes. Such a blob is
+// never served: Close syncs the file system and writes DIR/CLEAN, and a store opened without
+// that marker (after a crash) treats every blob as unverified. An unverified blob is hashed
+// before it is first served or reported present (Get, Path, FindMissing, Put), and a background
+// pass hashes the rest; a blob whose content does not match its name is removed and is missing
+// from then on, so clients upload it again.
 type DiskBlobStore struct {
 	casDir  string
 	tmpDir  string
@@ -49,7 +61,14 @@ type DiskBlobStore struct {
 	clock   clock.Clock
 	logger  zerolog.Logger
 	metrics *blobStoreMetrics
+	dir     string
 	lock    *os.File // Holds an exclusive flock on DIR/LOCK while open.
+	// fsync syncs each blob's file before it is renamed into place.
+	fsync bool
+	// stopVerify ends the background verification of blobs after an unclean shutdown;
+	// verifyDone is closed when it has ended.
+	stopVerify chan struct{}
+	verifyDone chan struct{}
 	// freeSpace reports the bytes available to unprivileged writers on the file system
 	// holding a path (statfs by default).
 	freeSpace func(path string) (int64, error)
@@ -65,6 +84,13 @@ type DiskBlobStoreOption func(*DiskBlobStore)
 // WithBlobStoreClock sets the clock used to stamp blob use times (clock.System by default).
 func WithBlobStoreClock(c clock.Clock) DiskBlobStoreOption {
 	return func(s *DiskBlobStore) { s.clock = c }
+}
+
+// WithFsync decides whether each blob's file is fsynced before it is renamed into place (off by
+// default). Off, a machine crash may lose blobs written shortly before it; they are detected
+// and removed at the next start (see DiskBlobStore), never served with wrong bytes.
+func WithFsync(on bool) DiskBlobStoreOption {
+	return func(s *DiskBlobStore) { s.fsync = on }
 }
 
 // WithFreeSpace sets the function that reports the bytes available on the file system holding
@@ -91,6 +117,7 @@ func NewDiskBlobStore(dir string, maxSize int64, logger zerolog.Logger, reg prom
 		return nil, status.Errorf(codes.InvalidArgument, "Invalid blob store size bound %d: must be positive", maxSize)
 	}
 	s := &DiskBlobStore{
+		dir:       dir,
 		casDir:    filepath.Join(dir, "cas"),
 		tmpDir:    filepath.Join(dir, "tmp"),
 		maxSize:   maxSize,
@@ -133,8 +160,41 @@ func lockDirectory(dir string) (*os.File, error) {
 	return f, nil
 }
 
+// cleanMarker is the file Close writes once every blob is on disk; its absence at start-up
+// means the previous process did not close the store (it or the machine crashed).
+const cleanMarker = "CLEAN"
+
+// takeCleanMarker reports whether the previous process closed the store cleanly, and removes
+// the marker durably so that a crash of this process is detected at the next start.
+func (s *DiskBlobStore) takeCleanMarker() (bool, error) {
+	err := os.Remove(filepath.Join(s.dir, cleanMarker))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, status.Errorf(codes.Internal, "Failed to remove the clean-shutdown marker: %v", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return false, status.Errorf(codes.Internal, "Failed to sync the blob store directory: %v", err)
+	}
+	return true, nil
+}
+
+// syncDir fsyncs the directory dir, making the creation and removal of its entries durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // open cleans temporary files and indexes existing blobs.
 func (s *DiskBlobStore) open() error {
+	clean, err := s.takeCleanMarker()
+	if err != nil {
+		return err
+	}
 	stale, err := os.ReadDir(s.tmpDir)
 	if err != nil {
 		return status.Errorf(codes.Internal, "Failed to list temporary files: %v", err)
@@ -171,7 +231,7 @@ func (s *DiskBlobStore) open() error {
 			} else if err != nil {
 				return status.Errorf(codes.Internal, "Failed to stat blob %s: %v", name, err)
 			}
-			found = append(found, &blobEntry{hash: name, size: info.Size(), persisted: info.ModTime()})
+			found = append(found, &blobEntry{hash: name, size: info.Size(), persisted: info.ModTime(), unverified: !clean})
 		}
 	}
 	// Newest first, each appended behind the previous: the oldest ends at the back.
@@ -192,19 +252,130 @@ func (s *DiskBlobStore) open() error {
 	s.makeRoom(0)
 	s.updateGauges()
 	s.mu.Unlock()
-	s.logger.Info().Int("blobs", s.index.len()).Int64("bytes", s.index.total).Int64("max_bytes", s.maxSize).Msg("Opened blob store")
+	s.logger.Info().Int("blobs", s.index.len()).Int64("bytes", s.index.total).Int64("max_bytes", s.maxSize).Bool("fsync", s.fsync).Msg("Opened blob store")
+	if !clean && len(found) > 0 {
+		s.logger.Warn().Int("blobs", len(found)).Msg("Blob store was not closed cleanly: verifying every blob before it is served")
+		s.stopVerify, s.verifyDone = make(chan struct{}), make(chan struct{})
+		go s.verifyAll(found)
+	}
 	return nil
 }
 
-// Close releases the directory lock. The store must not be used afterwards.
-func (s *DiskBlobStore) Close() error {
+// verifyAll hashes the unverified blobs of found, newest first (the likeliest to have been
+// cut short by a crash), until all are verified or the store is closed.
+func (s *DiskBlobStore) verifyAll(found []*blobEntry) {
+	defer close(s.verifyDone)
+	for _, e := range found {
+		select {
+		case <-s.stopVerify:
+			return
+		default:
+		}
+		s.verify(e)
+	}
+	s.logger.Info().Int("blobs", len(found)).Msg("Verified the blobs found after an unclean shutdown")
+}
+
+// verify hashes the file of the unverified entry e and reports whether its content matches its
+// name. A match marks the entry verified; a mismatch (or a vanished file) removes the blob from
+// the index and the disk. Called without the lock; concurrent calls for one entry are harmless.
+func (s *DiskBlobStore) verify(e *blobEntry) bool {
+	s.mu.Lock()
+	if cur, ok := s.index.get(e.hash); !ok || cur != e {
+		s.mu.Unlock()
+		return false // Evicted or dropped meanwhile.
+	}
+	if !e.unverified {
+		s.mu.Unlock()
+		return true
+	}
+	f, err := os.Open(s.path(e.hash)) // Under the lock, so that eviction cannot race the open.
+	s.mu.Unlock()
+	ok := false
+	if err == nil {
+		h := sha256.New()
+		bufp := copyBuffers.Get().(*[]byte)
+		n, cerr := io.CopyBuffer(h, f, *bufp)
+		copyBuffers.Put(bufp)
+		f.Close()
+		ok = cerr == nil && n == e.size && hex.EncodeToString(h.Sum(nil)) == e.hash
+		if cerr != nil {
+			s.logger.Warn().Err(cerr).Str("hash", e.hash).Msg("Failed to read blob to verify it")
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if cur, present := s.index.get(e.hash); !present || cur != e {
+		return false
+	}
+	if ok {
+		e.unverified = false
+		return true
+	}
+	s.index.remove(e.hash)
+	if err := os.Remove(s.path(e.hash)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.logger.Warn().Err(err).Str("hash", e.hash).Msg("Failed to remove corrupt blob")
+	}
+	s.metrics.corrupt.Inc()
+	s.updateGauges()
+	s.logger.Warn().Str("hash", e.hash).Int64("size", e.size).Msg("Removed a blob whose content does not match its digest (cut short by a crash)")
+	return false
+}
+
+// Close stops the background verification, syncs the store's file system so that every blob
+// is on disk, writes the clean-shutdown marker DIR/CLEAN, and releases the directory lock. The
+// store must not be used afterwards.
+func (s *DiskBlobStore) Close() error {
+	s.mu.Lock()
 	if s.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	if s.stopVerify != nil {
+		close(s.stopVerify)
+		<-s.verifyDone
+		if s.anyUnverified() {
+			// Blobs left unverified must be verified at the next start too: no marker.
+			return s.lock.Close()
+		}
+	}
+	if err := s.markClean(); err != nil {
+		s.logger.Warn().Err(err).Msg("Failed to mark the blob store closed cleanly: its blobs are verified at the next start")
+	}
 	return s.lock.Close() // Closing the descriptor releases the flock.
+}
+
+// anyUnverified reports whether some blob found after an unclean shutdown is still unverified.
+func (s *DiskBlobStore) anyUnverified() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, el := range s.index.entries {
+		if el.Value.(*blobEntry).unverified {
+			return true
+		}
+	}
+	return false
+}
+
+// markClean syncs the file system holding the store and writes the clean-shutdown marker.
+func (s *DiskBlobStore) markClean() error {
+	if err := unix.Syncfs(int(s.lock.Fd())); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(s.dir, cleanMarker))
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return syncDir(s.dir)
 }
 
 // Usage returns the number of blobs stored and their total size.
@@ -229,22 +400,34 @@ func (s *DiskBlobStore) Path(d digest.Digest) (string, error) {
 	if d.IsEmpty() {
 		return s.path(d.Hash), nil
 	}
+	if !s.verified(d) {
+		return "", status.Errorf(codes.NotFound, "Blob %s not found", d)
+	}
 	s.mu.Lock()
 	e, ok := s.index.touch(d.Hash)
 	if !ok || e.size != d.Size {
 		s.mu.Unlock()
 		return "", status.Errorf(codes.NotFound, "Blob %s not found", d)
 	}
-	touch := s.staleLocked(e)
+	touch := s.staleLocked(e, s.clock.Now())
 	s.mu.Unlock()
 	s.persistUse(touch)
 	return s.path(d.Hash), nil
 }
 
-// staleLocked returns the entry's path and the time to persist when the entry's file time is
-// stale by touchGranularity, or nil.
-func (s *DiskBlobStore) staleLocked(e *blobEntry) *pendingTouch {
-	now := s.clock.Now()
+// verified reports whether blob d is absent or verified, verifying it first if it was found
+// unverified at start-up: false means it was unverified and turned out corrupt (now removed).
+func (s *DiskBlobStore) verified(d digest.Digest) bool {
+	s.mu.Lock()
+	e, ok := s.index.get(d.Hash)
+	pending := ok && e.unverified
+	s.mu.Unlock()
+	return !pending || s.verify(e)
+}
+
+// staleLocked returns the entry's path and the time now to persist when the entry's file time
+// is stale by touchGranularity at now, or nil.
+func (s *DiskBlobStore) staleLocked(e *blobEntry, now time.Time) *pendingTouch {
 	if now.Sub(e.persisted) < touchGranularity {
 		return nil
 	}
@@ -286,9 +469,10 @@ func (s *DiskBlobStore) Get(ctx context.Context, d digest.Digest, offset, limit 
 		s.metrics.hits.WithLabelValues("get").Inc()
 		return io.NopCloser(bytes.NewReader(nil)), nil
 	}
+	s.verified(d)
 	s.mu.Lock()
 	e, ok := s.index.touch(d.Hash)
-	if !ok || e.size != d.Size {
+	if !ok || e.size != d.Size || e.unverified {
 		s.mu.Unlock()
 		s.metrics.misses.WithLabelValues("get").Inc()
 		return nil, status.Errorf(codes.NotFound, "Blob %s not found", d)
@@ -296,7 +480,7 @@ func (s *DiskBlobStore) Get(ctx context.Context, d digest.Digest, offset, limit 
 	// Open under the lock so that eviction cannot remove the file in between; once open, the
 	// file stays readable even if it is evicted.
 	f, err := os.Open(s.path(d.Hash))
-	touch := s.staleLocked(e)
+	touch := s.staleLocked(e, s.clock.Now())
 	s.mu.Unlock()
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "Failed to open blob %s: %v", d, err)
@@ -323,25 +507,49 @@ type sectionReadCloser struct {
 	io.Closer
 }
 
-// FindMissing implements BlobStore.
+// FindMissing implements BlobStore. Blobs found unverified at start-up are verified first.
 func (s *DiskBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) ([]digest.Digest, error) {
-	var missing []digest.Digest
+	missing := make([]digest.Digest, 0, len(ds)) // Most digests a client asks about are missing.
 	var touches []*pendingTouch
+	var unverified []*blobEntry
+	now := s.clock.Now() // Once per call: FindMissing of 10,000 digests is on the hot path.
 	s.mu.Lock()
 	for _, d := range ds {
 		if d.IsEmpty() {
 			continue
 		}
 		e, ok := s.index.touch(d.Hash)
+		if ok && e.unverified {
+			unverified = append(unverified, e) // Even of another size: a crash may have cut it.
+		}
 		if !ok || e.size != d.Size {
 			missing = append(missing, d)
 			continue
 		}
-		if t := s.staleLocked(e); t != nil {
+		if t := s.staleLocked(e, now); t != nil {
 			touches = append(touches, t)
 		}
 	}
 	s.mu.Unlock()
+	if len(unverified) > 0 {
+		corrupt := map[string]bool{}
+		for _, e := range unverified {
+			if !s.verify(e) {
+				corrupt[e.hash] = true
+			}
+		}
+		if len(corrupt) > 0 {
+			// Rebuild the answer in the order given.
+			missing = missing[:0]
+			s.mu.Lock()
+			for _, d := range ds {
+				if e, ok := s.index.get(d.Hash); !d.IsEmpty() && (!ok || e.size != d.Size || corrupt[d.Hash]) {
+					missing = append(missing, d)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
 	s.metrics.hits.WithLabelValues("find_missing").Add(float64(len(ds) - len(missing)))
 	s.metrics.misses.WithLabelValues("find_missing").Add(float64(len(missing)))
 	s.persistUse(touches...)
@@ -385,64 +593,25 @@ func (s *DiskBlobStore) put(ctx context.Context, d digest.Digest, r io.Reader, o
 			return f, nil
 		}
 	}
-	s.ensureFree(d.Size)
-	tmp, err := os.CreateTemp(s.tmpDir, d.Hash[:16]+"-*")
+	w, err := s.newBlobWriter(d)
 	if err != nil {
-		return nil, diskError(err, d, "creating a temporary file")
+		return nil, err
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	v := newVerifyingWriter(tmp, d)
 	bufp := copyBuffers.Get().(*[]byte)
-	_, err = io.CopyBuffer(v, &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
+	_, err = io.CopyBuffer(w, &contextReader{ctx: ctx, r: io.LimitReader(r, d.Size+1)}, *bufp)
 	copyBuffers.Put(bufp)
-	if err != nil && !v.TooLong() {
+	if err != nil && !w.tooLong {
+		w.abort()
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, status.FromContextError(ctxErr).Err()
 		}
-		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		if isDiskFull(err) {
 			s.MakeRoom(d.Size)
 			return nil, diskError(err, d, "writing")
 		}
 		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store blob %s: reading content", d)
 	}
-	if err := v.Verify(); err != nil {
-		s.metrics.rejected.Inc()
-		if v.TooLong() {
-			return nil, status.Errorf(codes.InvalidArgument, "Failed to store blob %s: content is longer than %d bytes", d, d.Size)
-		}
-		return nil, rpcstatus.WrapCode(err, codes.InvalidArgument, "Failed to store blob %s", d)
-	}
-	if err := tmp.Sync(); err != nil {
-		return nil, diskError(err, d, "syncing")
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, diskError(err, d, "closing")
-	}
-	now := s.clock.Now()
-	if err := os.Chtimes(tmp.Name(), now, now); err != nil {
-		return nil, status.Errorf(codes.Internal, "Failed to stamp blob %s: %v", d, err)
-	}
-	var f *os.File
-	if open {
-		// Opened before the rename: the descriptor reads the verified content whatever
-		// happens to the name afterwards.
-		if f, err = os.Open(tmp.Name()); err != nil {
-			return nil, status.Errorf(codes.Internal, "Failed to open blob %s: %v", d, err)
-		}
-	}
-	if err := s.commit(d, tmp.Name(), now, &committed); err != nil {
-		if f != nil {
-			f.Close()
-		}
-		return nil, err
-	}
-	return f, nil
+	return w.commit(open)
 }
 
 // openPresent opens the whole of blob d if the store holds it, marking it used.
@@ -463,13 +632,14 @@ func (s *DiskBlobStore) openPresent(d digest.Digest) (*os.File, error) {
 
 // refresh marks d as used and reports whether it is present.
 func (s *DiskBlobStore) refresh(d digest.Digest) bool {
+	s.verified(d)
 	s.mu.Lock()
 	e, ok := s.index.touch(d.Hash)
-	if !ok || e.size != d.Size {
+	if !ok || e.size != d.Size || e.unverified {
 		s.mu.Unlock()
 		return false
 	}
-	touch := s.staleLocked(e)
+	touch := s.staleLocked(e, s.clock.Now())
 	s.mu.Unlock()
 	s.persistUse(touch)
 	return true
@@ -482,8 +652,11 @@ func (s *DiskBlobStore) commit(d digest.Digest, tmp string, now time.Time, commi
 	if s.closed {
 		return status.Errorf(codes.Unavailable, "Failed to store blob %s: the blob store is closed", d)
 	}
-	if e, ok := s.index.touch(d.Hash); ok && e.size == d.Size {
+	if e, ok := s.index.touch(d.Hash); ok && e.size == d.Size && !e.unverified {
 		return nil // A concurrent writer committed the same blob; ours is removed by the caller.
+	} else if ok {
+		// A file of another size or not verified since a crash: ours, verified, replaces it.
+		s.index.remove(d.Hash)
 	}
 	s.makeRoom(d.Size)
 	final := s.path(d.Hash)

@@ -31,7 +31,7 @@ type serviceClients struct {
 func serveStorage(t testing.TB, cas storage.BlobStore, ac storage.ActionCache) *serviceClients {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))
+	srv := grpc.NewServer(append(storage.ReceiveBufferOptions(), grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))...)
 	storage.RegisterServices(srv, cas, storage.NewCompletenessCheckingActionCache(ac, cas), storage.ServiceOptions{Logger: zeroLogger()})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)

@@ -9,6 +9,8 @@ import (
 	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/clock"
@@ -37,6 +39,18 @@ const DefaultMaxBatchTotalSizeBytes = DefaultMaxAnswerSizeBytes - BatchFramingRe
 // max_batch_total_size_bytes of data plus the request's framing exceeds gRPC's 4 MiB default.
 const RecommendedMaxMessageSizeBytes = 16 << 20
 
+// receiveBuffers is the pool gRPC reads received messages into (ReceiveBufferOptions): gRPC's
+// default tiers (256 B, 4 KiB, 16 KiB, 32 KiB, 1 MiB) plus one just above 64 KiB, the chunk size
+// Bazel, Pants and most clients upload in. With the default tiers every 64 KiB WriteRequest
+// lands in a 1 MiB buffer that is cleared on each use: a fifth of the CPU of an upload.
+var receiveBuffers = mem.NewTieredBufferPool(256, 4<<10, 16<<10, 32<<10, 64<<10+4<<10, 1<<20)
+
+// ReceiveBufferOptions returns the gRPC server option that makes a server hosting these services
+// read received messages into buffers sized for ByteStream upload chunks (receiveBuffers).
+func ReceiveBufferOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{experimental.BufferPool(receiveBuffers)}
+}
+
 // ServiceOptions configures the REAPI services registered by RegisterServices.
 type ServiceOptions struct {
 	// ExecutionEnabled is advertised as execution_capabilities.exec_enabled.
@@ -60,8 +74,10 @@ type ServiceOptions struct {
 	// MaxParkedUploadBytes bounds the bytes on disk of interrupted uploads kept for
 	// resumption (DefaultMaxParkedUploadBytes when zero).
 	MaxParkedUploadBytes int64
-	// UploadDir is the directory ByteStream uploads are spooled to until finish_write; its
-	// contents are removed at start. Empty: a new temporary directory.
+	// UploadDir is the directory ByteStream uploads are spooled to until finish_write when they
+	// cannot be written into the store directly (compressed uploads; stores other than a
+	// DiskBlobStore, whose uncompressed uploads go to its own temporary files); its contents are
+	// removed at start. Empty: a new temporary directory.
 	UploadDir string
 	// MaxBlobSizeBytes is the largest blob ByteStream.Write and BatchUpdateBlobs accept (no
 	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.

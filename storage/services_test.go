@@ -52,7 +52,7 @@ func newTestEnv(t testing.TB, maxSize int64, opts storage.ServiceOptions) *testE
 		opts.Clock = e.clock
 	}
 	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer(grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))
+	srv := grpc.NewServer(append(storage.ReceiveBufferOptions(), grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes), grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes))...)
 	storage.RegisterServices(srv, e.store, storage.NewCompletenessCheckingActionCache(e.ac, e.store), opts)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)

@@ -48,10 +48,11 @@ func TestDroppedUploadsAreBoundedAndFreed(t *testing.T) {
 		maxParked = 50
 		maxBytes  = 2 << 20
 	)
-	spool := filepath.Join(t.TempDir(), "uploads")
 	e := newTestEnv(t, 256<<20, storage.ServiceOptions{
-		UploadIdleTimeout: time.Minute, MaxParkedUploads: maxParked, MaxParkedUploadBytes: maxBytes, UploadDir: spool,
+		UploadIdleTimeout: time.Minute, MaxParkedUploads: maxParked, MaxParkedUploadBytes: maxBytes,
 	})
+	// Uncompressed uploads into the disk store write into its temporary directory directly.
+	spool := filepath.Join(e.dir, "cas", "tmp")
 	ctx := context.Background()
 	// Warm the connection and the server up, then take the idle level.
 	warm, wd := randomBlob(t, 1000)

@@ -20,10 +20,13 @@ import (
 	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
-// upload is one ByteStream upload. The bytes a Write stream sends are appended to a spool file
-// on disk; finish_write hands the file to the store, which verifies and stores the blob. While
-// no stream feeds it (the client dropped the stream), an upload is parked: nothing but this
-// small struct and the file's bytes on disk, so a later stream can resume it where it stopped.
+// upload is one ByteStream upload. Into a DiskBlobStore, an uncompressed upload appends the
+// bytes each request carries straight to the store's temporary file for the blob, hashing them
+// on the way (a blobWriter); finish_write verifies the digest and renames the file into place,
+// with no second copy. Otherwise (compressed data, object stores) the bytes are appended to a
+// spool file, which finish_write hands to the store's Put. While no stream feeds it (the client
+// dropped the stream), an upload is parked: nothing but this small struct (and the SHA-256
+// state) and the file's bytes on disk, so a later stream can resume it where it stopped.
 type upload struct {
 	name      string
 	resource  digest.ResourceName
@@ -31,6 +34,8 @@ type upload struct {
 	committed atomic.Int64  // Bytes of the stream accepted so far (in the spool file).
 	owner     chan struct{} // Holds one token while a Write stream feeds the upload.
 
+	// w, when set, is the store's own temporary file of the blob; path and f are then unused.
+	w *blobWriter
 	// f is the spool file, open for appending while a stream owns the upload.
 	f *os.File
 	// room, when set, evicts stored blobs to free n bytes on a full disk (see roomMaker).
@@ -39,11 +44,21 @@ type upload struct {
 	// Guarded by uploadRegistry.mu.
 	owned    bool
 	lastUsed time.Time
+	parkSeq  uint64 // Order of parking: breaks ties of lastUsed (a coarse or fake clock).
 	gone     bool
 }
 
 // write appends data to the spool file. A full disk is RESOURCE_EXHAUSTED.
 func (u *upload) write(data []byte) error {
+	if u.w != nil {
+		n, err := u.w.Write(data)
+		if isDiskFull(err) && u.room != nil && u.room(u.resource.Digest.Size+int64(len(data))) > 0 {
+			var m int
+			m, err = u.w.Write(data[n:])
+			n += m
+		}
+		return u.writeError(err)
+	}
 	if u.f == nil {
 		f, err := os.OpenFile(u.path, os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {
@@ -58,8 +73,14 @@ func (u *upload) write(data []byte) error {
 		m, err = u.f.Write(data[n:])
 		n += m
 	}
+	return u.writeError(err)
+}
+
+// writeError turns a failed write of the upload's bytes into a gRPC status: a full disk is
+// RESOURCE_EXHAUSTED.
+func (u *upload) writeError(err error) error {
 	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
+		if isDiskFull(err) {
 			return status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", u.resource.Digest)
 		}
 		return rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", u.resource.Digest)
@@ -67,8 +88,11 @@ func (u *upload) write(data []byte) error {
 	return nil
 }
 
-// closeFile closes the spool file if it is open.
+// closeFile closes the upload's file if it is open.
 func (u *upload) closeFile() {
+	if u.w != nil {
+		u.w.suspend()
+	}
 	if u.f != nil {
 		u.f.Close()
 		u.f = nil
@@ -78,6 +102,12 @@ func (u *upload) closeFile() {
 // finish hands the spooled bytes to the store, which verifies the digest, and removes the
 // spool file. The caller must then remove the upload from the registry.
 func (u *upload) finish(ctx context.Context, cas BlobStore) error {
+	if u.w != nil {
+		w := u.w
+		u.w = nil
+		_, err := w.commit(false)
+		return err
+	}
 	u.closeFile()
 	defer os.Remove(u.path)
 	f, err := os.Open(u.path)
@@ -97,8 +127,13 @@ func (u *upload) finish(ctx context.Context, cas BlobStore) error {
 	return cas.Put(ctx, u.resource.Digest, src)
 }
 
-// discard closes and removes the spool file.
+// discard closes and removes the upload's file.
 func (u *upload) discard() {
+	if u.w != nil {
+		u.w.abort()
+		u.w = nil
+		return
+	}
 	u.closeFile()
 	os.Remove(u.path)
 }
@@ -145,6 +180,7 @@ type roomMaker interface {
 // clock that is armed only while some upload is parked.
 type uploadRegistry struct {
 	room   func(n int64) int64
+	disk   *DiskBlobStore // Set when the store is one: uncompressed uploads write into it directly.
 	clock  clock.Clock
 	limits UploadLimits
 	dir    string
@@ -154,6 +190,7 @@ type uploadRegistry struct {
 	uploads    map[string]*upload
 	parked     int
 	parkedSize int64
+	parkSeq    uint64
 	timer      clock.Timer
 	timerStop  chan struct{}
 }
@@ -166,6 +203,7 @@ func newUploadRegistry(cas BlobStore, c clock.Clock, limits UploadLimits, dir st
 	if rm, ok := cas.(roomMaker); ok {
 		r.room = rm.MakeRoom
 	}
+	r.disk, _ = cas.(*DiskBlobStore)
 	if dir == "" {
 		r.dir, r.dirErr = os.MkdirTemp("", "buildfleet-uploads-")
 	} else {
@@ -209,7 +247,12 @@ func (r *uploadRegistry) sweepLocked() {
 	if r.parked <= r.limits.MaxParked && r.parkedSize <= r.limits.MaxParkedBytes {
 		return
 	}
-	sort.Slice(parked, func(i, j int) bool { return parked[i].lastUsed.Before(parked[j].lastUsed) })
+	sort.Slice(parked, func(i, j int) bool {
+		if !parked[i].lastUsed.Equal(parked[j].lastUsed) {
+			return parked[i].lastUsed.Before(parked[j].lastUsed)
+		}
+		return parked[i].parkSeq < parked[j].parkSeq
+	})
 	for _, u := range parked {
 		if r.parked <= r.limits.MaxParked && r.parkedSize <= r.limits.MaxParkedBytes {
 			return
@@ -293,6 +336,16 @@ func (r *uploadRegistry) acquire(ctx context.Context, name string) (*upload, err
 func (r *uploadRegistry) start(name string, rn digest.ResourceName) (*upload, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.disk != nil && rn.Compressor == digest.Identity {
+		w, err := r.disk.newBlobWriter(rn.Digest)
+		if err != nil {
+			if status.Code(err) == codes.ResourceExhausted {
+				return nil, status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", rn.Digest)
+			}
+			return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", rn.Digest)
+		}
+		return r.startLocked(&upload{name: name, resource: rn, path: w.path, w: w, room: r.room}), nil
+	}
 	if r.dirErr != nil {
 		return nil, rpcstatus.WrapCode(r.dirErr, codes.Internal, "Failed to write blob %s: no upload directory", rn.Digest)
 	}
@@ -303,13 +356,18 @@ func (r *uploadRegistry) start(name string, rn digest.ResourceName) (*upload, er
 		}
 		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", rn.Digest)
 	}
-	u := &upload{name: name, resource: rn, path: f.Name(), f: f, room: r.room, owner: make(chan struct{}, 1), owned: true}
+	return r.startLocked(&upload{name: name, resource: rn, path: f.Name(), f: f, room: r.room}), nil
+}
+
+// startLocked registers the new upload u, owned by the caller, replacing any parked one.
+func (r *uploadRegistry) startLocked(u *upload) *upload {
+	u.owner, u.owned = make(chan struct{}, 1), true
 	u.owner <- struct{}{}
-	if old := r.uploads[name]; old != nil && old.parkedLocked() {
+	if old := r.uploads[u.name]; old != nil && old.parkedLocked() {
 		r.dropLocked(old)
 	}
-	r.uploads[name] = u
-	return u, nil
+	r.uploads[u.name] = u
+	return u
 }
 
 // park releases an interrupted upload so a later stream can resume it: its file is closed and
@@ -320,6 +378,8 @@ func (r *uploadRegistry) park(u *upload) {
 	r.mu.Lock()
 	u.owned = false
 	u.lastUsed = r.clock.Now()
+	r.parkSeq++
+	u.parkSeq = r.parkSeq
 	if r.uploads[u.name] != u || u.resource.Compressor != digest.Identity || u.committed.Load() == 0 {
 		u.gone = true
 		if r.uploads[u.name] == u {

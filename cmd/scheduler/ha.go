@@ -5,16 +5,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/buildfleet/buildfleet/cluster"
 	"github.com/buildfleet/buildfleet/internal/clock"
-	"github.com/buildfleet/buildfleet/scheduler"
 )
 
 // haFlags are the flags that run the scheduler as one of several replicas with an etcd-elected
@@ -25,18 +24,57 @@ type haFlags struct {
 	advertise      *string
 	sessionTTL     *time.Duration
 	holdTimeout    *time.Duration
-	adoptionWindow *time.Duration
+	adoptionWindow *setDuration
+}
+
+// setDuration is a duration flag that remembers whether it was given (on the command line or
+// in its environment variable).
+type setDuration struct {
+	d   time.Duration
+	set bool
+}
+
+func (f *setDuration) String() string {
+	if f == nil {
+		return "0s"
+	}
+	return f.d.String()
+}
+
+// Set parses a duration (time.ParseDuration).
+func (f *setDuration) Set(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return err
+	}
+	if d < 0 {
+		return errors.New("must not be negative")
+	}
+	f.d, f.set = d, true
+	return nil
 }
 
 func registerHAFlags(fs *flag.FlagSet) *haFlags {
-	return &haFlags{
-		mode:           fs.String("ha", "", "high availability: \"etcd\" runs this scheduler as one of several replicas whose leader etcd elects (needs --object-store, --etcd-endpoints, --advertise-address); empty: one process"),
-		endpoints:      fs.String("etcd-endpoints", "", "comma-separated etcd client URLs for --ha=etcd, e.g. http://etcd:2379"),
-		advertise:      fs.String("advertise-address", "", "host:port at which the other replicas reach this one's --listen port (--ha=etcd)"),
-		sessionTTL:     fs.Duration("etcd-session-ttl", cluster.DefaultSessionTTL, "etcd session TTL (whole seconds, at least 2s): a dead leader is replaced about this long after"),
-		holdTimeout:    fs.Duration("ha-hold-timeout", cluster.DefaultHoldTimeout, "how long a replica holds a call while no leader is known before it fails with UNAVAILABLE"),
-		adoptionWindow: fs.Duration("adoption-window", 3*time.Second, "after a failover, how long the new leader waits for bots to report the leases they hold before it queues actions again (--ha=etcd)"),
+	f := &haFlags{
+		mode:        fs.String("ha", "", "high availability: \"etcd\" runs this scheduler as one of several replicas whose leader etcd elects (needs --object-store, --etcd-endpoints, --advertise-address); empty: one process"),
+		endpoints:   fs.String("etcd-endpoints", "", "comma-separated etcd client URLs for --ha=etcd, e.g. http://etcd:2379"),
+		advertise:   fs.String("advertise-address", "", "host:port at which the other replicas reach this one's --listen port (--ha=etcd)"),
+		sessionTTL:  fs.Duration("etcd-session-ttl", cluster.DefaultSessionTTL, "etcd session TTL (whole seconds, at least 2s): a dead leader is replaced about this long after"),
+		holdTimeout: fs.Duration("ha-hold-timeout", cluster.DefaultHoldTimeout, "how long a replica holds a call while no leader is known before it fails with UNAVAILABLE"),
 	}
+	f.adoptionWindow = &setDuration{d: 3 * time.Second}
+	fs.Var(f.adoptionWindow, "adoption-window", "after a failover (--ha=etcd; default 3s) or, when given, after a start of a single scheduler, how long it waits for bots to report the leases they hold before it queues actions again (a client asking first then joins the running action instead of making another worker run it)")
+	return f
+}
+
+// adoptionWindow returns the scheduler's adoption window: --adoption-window with --ha=etcd
+// (3 s by default); for one process, none unless the flag was given (a restarted scheduler
+// then waits for the workers' reports too, at the cost of that wait after every start).
+func (f *haFlags) adoptionWindowFor(haOn bool) time.Duration {
+	if haOn || f.adoptionWindow.set {
+		return f.adoptionWindow.d
+	}
+	return 0
 }
 
 // enabled reports whether --ha=etcd was given; any other non-empty value is an error.
@@ -76,12 +114,8 @@ func (f *haFlags) config() (cluster.Config, error) {
 
 // startCluster connects to etcd and returns the replica, not yet running, and the etcd client
 // to close after it.
-func startCluster(cfg cluster.Config, newSched func() *scheduler.Scheduler, logger zerolog.Logger) (*cluster.Node, *clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: 5 * time.Second,
-		Logger:      zap.NewNop(),
-	})
+func startCluster(cfg cluster.Config, newSched cluster.NewSchedulerFunc, logger zerolog.Logger) (*cluster.Node, *clientv3.Client, error) {
+	cli, err := clientv3.New(cluster.EtcdClientConfig(cfg.Endpoints))
 	if err != nil {
 		return nil, nil, fmt.Errorf("--etcd-endpoints: %w", err)
 	}
@@ -91,4 +125,31 @@ func startCluster(cfg cluster.Config, newSched func() *scheduler.Scheduler, logg
 		logger.Warn().Err(err).Strs("etcd_endpoints", cfg.Endpoints).Msg("etcd does not answer yet; this replica serves CAS and holds scheduler calls until it does")
 	}
 	return cluster.New(cfg, cli, newSched, clock.System, logger), cli, nil
+}
+
+// advertiseHTTP returns the address at which the other replicas reach this replica's HTTP
+// server (--metrics-listen): the host of the advertise address and the port of the listen
+// address. It is "" when the HTTP server is off or listens on loopback only while the
+// advertise address is not loopback (the others could not reach it).
+func advertiseHTTP(advertise, metricsListen string) string {
+	if metricsListen == "" {
+		return ""
+	}
+	advHost, _, err := net.SplitHostPort(advertise)
+	if err != nil {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(metricsListen)
+	if err != nil || port == "0" {
+		return ""
+	}
+	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback() || host == "localhost") && !isLoopbackHost(advHost) {
+		return ""
+	}
+	return net.JoinHostPort(advHost, port)
+}
+
+func isLoopbackHost(h string) bool {
+	ip := net.ParseIP(h)
+	return h == "localhost" || ip != nil && ip.IsLoopback()
 }

@@ -57,7 +57,9 @@ func run(args []string) error {
 	storageDir := fs.String("storage-dir", defaultStorageDir(), "directory of the embedded disk storage ($XDG_DATA_HOME/buildfleet when XDG_DATA_HOME is set, else ./buildfleet-data)")
 	maxStorage := bytesize.Size(10 << 30)
 	fs.Var(&maxStorage, "max-storage-size", "size bound of the CAS; least recently used blobs are evicted beyond it (e.g. 10G)")
-	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /workers and the web console /console/ (empty: off)")
+	metricsListen := fs.String("metrics-listen", "127.0.0.1:9090", "HTTP address serving /metrics, /healthz, /readyz, /workers and the web console /console/ (empty: off)")
+	pprofOn := fs.Bool("pprof", true, "serve the Go profiler at /debug/pprof/ on --metrics-listen: with token files to client tokens only (Authorization: Bearer), without them only on a loopback address")
+	casFsync := fs.Bool("cas-fsync", false, "fsync every CAS blob before it is stored; off, blobs are synced at shutdown and, after a machine crash, verified before they are served")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", logformat.Auto, logformat.Usage)
 	sessionTimeout := fs.Duration("session-timeout", 20*time.Second, "a bot session not updated for this long is closed and its leases requeued")
@@ -80,6 +82,7 @@ func run(args []string) error {
 	tlsClientCA := fs.String("tls-client-ca", "", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
 	clientTokens := fs.String("client-tokens-file", "", "client token grants, one 'TOKEN INSTANCE_PATTERN PERMISSIONS' a line; reloaded on SIGHUP")
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
+	publicAddr := fs.String("public-address", "", "address clients and workers use to reach the scheduler (HOST:PORT, or a grpc:// or grpcs:// URL), printed in the start-up banner's Bazel and Pants settings; with --ha=etcd, the load balancer's")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
 	ha := registerHAFlags(fs)
@@ -128,10 +131,11 @@ func run(args []string) error {
 	logger := zerolog.New(logOut).Level(level).With().Timestamp().Str("service", "scheduler").Logger()
 	reg := metrics.NewRegistry()
 
-	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg)
+	disk, err := storage.NewDiskBlobStore(filepath.Join(*storageDir, "cas"), int64(maxStorage), logger, reg, storage.WithFsync(*casFsync))
 	if err != nil {
 		return fmt.Errorf("opening storage: %w", err)
 	}
+	defer disk.Close() // Syncs the blobs and marks the store closed cleanly.
 	var cas storage.BlobStore = disk
 	var baseAC storage.ActionCache
 	if *objectStore.url != "" {
@@ -171,6 +175,7 @@ func run(args []string) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
+	opts = append(opts, storage.ReceiveBufferOptions()...)
 	opts = append(opts, authz.ServerOptions()...)
 	useTLS := *tlsCert != "" || *tlsKey != ""
 	if useTLS {
@@ -196,10 +201,12 @@ func run(args []string) error {
 		DisconnectGrace:        *disconnectGrace,
 		MaxCompletedOperations: *maxOps,
 	}
-	if haOn {
-		cfg.AdoptionWindow = *ha.adoptionWindow
+	cfg.AdoptionWindow = ha.adoptionWindowFor(haOn)
+	newSched := func(fence func() error) *scheduler.Scheduler {
+		cfg := cfg
+		cfg.Fence = fence
+		return scheduler.New(cfg, cas, ac, clock.System, logger, reg)
 	}
-	newSched := func() *scheduler.Scheduler { return scheduler.New(cfg, cas, ac, clock.System, logger, reg) }
 
 	srv := grpc.NewServer(opts...)
 	var (
@@ -212,6 +219,7 @@ func run(args []string) error {
 	)
 	if haOn {
 		var etcd *clientv3.Client
+		clusterCfg.AdvertiseHTTPAddress = advertiseHTTP(clusterCfg.AdvertiseAddress, *metricsListen)
 		if node, etcd, err = startCluster(clusterCfg, newSched, logger); err != nil {
 			return err
 		}
@@ -219,7 +227,7 @@ func run(args []string) error {
 		node.Register(srv)
 		workers = node.WorkersHandler()
 	} else {
-		sched = newSched()
+		sched = newSched(nil)
 		sched.Register(srv)
 		workers = sched.WorkersHandler()
 		clientAC = sched.RecordingActionCache(ac)
@@ -242,6 +250,17 @@ func run(args []string) error {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 		ms.Handle("/workers", workers)
+		ready := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintln(w, `{"ready":true,"role":"single"}`)
+		}))
+		if node != nil {
+			ready = node.ReadyHandler()
+		}
+		ms.Handle("/readyz", ready)
+		if h := pprofHandler(*pprofOn, authz, *metricsListen); h != nil {
+			ms.Handle("/debug/pprof/", h)
+		}
 		if sched != nil {
 			ms.Handle("/console/", console.New(console.Options{Scheduler: sched, CAS: cas, ActionCache: ac, Auth: authz, ListenAddr: *metricsListen, Logger: logger}))
 			ms.Handle("/{$}", http.RedirectHandler("/console/", http.StatusFound))
@@ -275,7 +294,8 @@ func run(args []string) error {
 		consoleAddr = ms.Addr()
 		logger.Info().Str("url", "http://"+consoleAddr+"/console/").Msg("web console serving")
 	}
-	printClientSettings(os.Stdout, lis.Addr().String(), useTLS, authz.Enabled(), consoleAddr)
+	printClientSettings(os.Stdout, clientSettings{listen: lis.Addr().String(), public: *publicAddr, ha: haOn,
+		tls: useTLS, tokens: authz.Enabled(), console: consoleAddr})
 
 	select {
 	case err := <-serveErr:

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/buildfleet/buildfleet/cluster"
 	"github.com/buildfleet/buildfleet/internal/testproc"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // Process is an engine process started by a test.
@@ -30,8 +30,17 @@ type Process struct {
 	done chan struct{}
 }
 
-// start runs bin with args, output to logPath, in a process group of its own.
+// start runs bin with args, output to logPath, in a process group of its own; the test stops
+// it when it ends.
 func start(t testing.TB, name, bin, logPath string, args ...string) *Process {
+	t.Helper()
+	p := spawn(t, name, bin, logPath, args...)
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// spawn is start without the clean-up: the caller stops the process.
+func spawn(t testing.TB, name, bin, logPath string, args ...string) *Process {
 	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -46,7 +55,6 @@ func start(t testing.TB, name, bin, logPath string, args ...string) *Process {
 	}
 	p := &Process{t: t, name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	go func() { cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(p.Stop)
 	return p
 }
 
@@ -97,6 +105,8 @@ type Etcd struct {
 	*Process
 	// Endpoint is the client URL, http://127.0.0.1:PORT.
 	Endpoint string
+	bin, dir string
+	args     []string
 }
 
 // StartEtcd starts a one-member etcd with its data in a temporary directory and waits until it
@@ -106,13 +116,36 @@ func StartEtcd(t testing.TB) *Etcd {
 	bin := lookPath(t, "etcd")
 	dir := t.TempDir()
 	client, peer := "http://"+FreeAddr(t), "http://"+FreeAddr(t)
-	p := start(t, "etcd", bin, filepath.Join(dir, "etcd.log"),
-		"--name", "test", "--data-dir", filepath.Join(dir, "data"),
+	args := []string{"--name", "test", "--data-dir", filepath.Join(dir, "data"),
 		"--listen-client-urls", client, "--advertise-client-urls", client,
 		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "test="+peer, "--initial-cluster-state", "new",
-		"--log-level", "warn")
-	e := &Etcd{Process: p, Endpoint: client}
+		"--initial-cluster", "test=" + peer, "--initial-cluster-state", "new",
+		"--log-level", "warn"}
+	p := spawn(t, "etcd", bin, filepath.Join(dir, "etcd.log"), args...)
+	e := &Etcd{Process: p, Endpoint: client, bin: bin, dir: dir, args: args}
+	// One clean-up, registered before the test's replicas', stops whichever process runs then
+	// (Restart replaces it), after the replicas stopped.
+	t.Cleanup(func() { e.Process.Stop() })
+	e.waitReady(t)
+	return e
+}
+
+// Restart stops etcd (SIGTERM, by PID), keeps it down for down, starts it again on the same
+// ports and data directory, and waits until it answers. It returns when etcd answered again.
+func (e *Etcd) Restart(t testing.TB, down time.Duration) time.Time {
+	t.Helper()
+	e.Stop()
+	time.Sleep(down)
+	e.Process = spawn(t, "etcd", e.bin, filepath.Join(e.dir, "etcd.log"), e.args...)
+	e.waitReady(t)
+	return time.Now()
+}
+
+// waitReady waits until e answers a read (about a second after a start).
+func (e *Etcd) waitReady(t testing.TB) {
+	t.Helper()
+	p := e.Process
+	client := e.Endpoint
 	cli := e.Client(t)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -120,7 +153,7 @@ func StartEtcd(t testing.TB) *Etcd {
 		_, err := cli.Get(ctx, "probe")
 		cancel()
 		if err == nil {
-			return e
+			return
 		}
 		select {
 		case <-p.done:
@@ -137,7 +170,7 @@ func StartEtcd(t testing.TB) *Etcd {
 // Client returns an etcd client of e, closed when the test ends.
 func (e *Etcd) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(cluster.EtcdClientConfig([]string{e.Endpoint}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,10 +185,21 @@ type HAProxy struct {
 	Addr string
 }
 
+// Backend is one server behind HAProxy.
+type Backend struct {
+	// Addr is the host:port connections go to.
+	Addr string
+	// Check is the host:port of the backend's HTTP server, whose /readyz HAProxy checks (200:
+	// up); empty: a TCP connect check of Addr.
+	Check string
+}
+
 // StartHAProxy starts HAProxy in TCP mode, in the foreground, balancing connections to Addr
-// round-robin over backends (host:port each), with health checks every 200 ms so that a dead
-// backend is skipped, and redispatching a connection whose backend refuses it.
-func StartHAProxy(t testing.TB, backends []string) *HAProxy {
+// round-robin over backends, with health checks every 200 ms (an HTTP GET /readyz with a 300 ms
+// timeout when every Backend.Check is set, so that a stopped process, whose kernel still
+// accepts connections, is taken out; TCP connects otherwise), closing the connections of a backend
+// marked down, and redispatching a connection whose backend refuses it.
+func StartHAProxy(t testing.TB, backends []Backend) *HAProxy {
 	t.Helper()
 	bin := lookPath(t, "haproxy")
 	dir := t.TempDir()
@@ -166,6 +210,7 @@ func StartHAProxy(t testing.TB, backends []string) *HAProxy {
 defaults
   mode tcp
   timeout connect 1s
+  timeout check 300ms
   timeout client 10m
   timeout server 10m
   retries 3
@@ -175,9 +220,25 @@ frontend grpc
   default_backend replicas
 backend replicas
   balance roundrobin
+  default-server inter 200ms fall 2 rise 2 on-marked-down shutdown-sessions
 `, addr)
+	httpCheck := len(backends) > 0
+	for _, be := range backends {
+		httpCheck = httpCheck && be.Check != ""
+	}
+	if httpCheck {
+		b.WriteString("  option httpchk\n  http-check send meth GET uri /readyz\n  http-check expect status 200\n")
+	}
 	for i, be := range backends {
-		fmt.Fprintf(&b, "  server r%d %s check inter 200ms fall 1 rise 2\n", i, be)
+		if !httpCheck {
+			fmt.Fprintf(&b, "  server r%d %s check\n", i, be.Addr)
+			continue
+		}
+		host, port, err := net.SplitHostPort(be.Check)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&b, "  server r%d %s check addr %s port %s\n", i, be.Addr, host, port)
 	}
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {

@@ -44,19 +44,41 @@ func FromMessage(m proto.Message) ([]byte, Digest, error) {
 
 // New validates hash and size and returns the digest. Errors carry INVALID_ARGUMENT.
 func New(hash string, size int64) (Digest, error) {
+	if len(hash) == HashLength && size >= 0 && isLowerHex(hash) {
+		return Digest{Hash: hash, Size: size}, nil // The fast path: every valid digest.
+	}
 	if len(hash) != HashLength {
 		return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %s/%d: hash has length %d, want %d (SHA-256)", hash, size, len(hash), HashLength)
 	}
-	for i := 0; i < len(hash); i++ {
-		c := hash[i]
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %s/%d: hash is not lower-case hexadecimal", hash, size)
+	if !isLowerHex(hash) {
+		return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %s/%d: hash is not lower-case hexadecimal", hash, size)
+	}
+	return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %s/%d: negative size", hash, size)
+}
+
+// notLowerHex has bit 0 set for every byte that is not a lower-case hexadecimal digit.
+var notLowerHex = func() (t [256]byte) {
+	for i := range t {
+		if !(i >= '0' && i <= '9' || i >= 'a' && i <= 'f') {
+			t[i] = 1
 		}
 	}
-	if size < 0 {
-		return Digest{}, status.Errorf(codes.InvalidArgument, "Invalid digest %s/%d: negative size", hash, size)
+	return t
+}()
+
+// isLowerHex reports whether s consists of lower-case hexadecimal digits only. It ORs table
+// lookups without a branch per byte, four bytes a step: FindMissingBlobs validates tens of
+// thousands of hashes per call.
+func isLowerHex(s string) bool {
+	var bad byte
+	i := 0
+	for ; i+4 <= len(s); i += 4 {
+		bad |= notLowerHex[s[i]] | notLowerHex[s[i+1]] | notLowerHex[s[i+2]] | notLowerHex[s[i+3]]
 	}
-	return Digest{Hash: hash, Size: size}, nil
+	for ; i < len(s); i++ {
+		bad |= notLowerHex[s[i]]
+	}
+	return bad == 0
 }
 
 // FromProto validates a REAPI Digest. A nil digest is INVALID_ARGUMENT.

@@ -107,3 +107,48 @@ func TestResourceNameRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestNewChecksEveryByte puts every byte value at every position of a valid hash: New accepts
+// exactly the lower-case hex digits, and refuses the rest with the same message as ever.
+func TestNewChecksEveryByte(t *testing.T) {
+	for pos := 0; pos < digest.HashLength; pos++ {
+		for c := 0; c < 256; c++ {
+			h := []byte(helloHash)
+			h[pos] = byte(c)
+			_, err := digest.New(string(h), 5)
+			valid := c >= '0' && c <= '9' || c >= 'a' && c <= 'f'
+			if valid && err != nil {
+				t.Fatalf("New with byte %#x at %d: %v", c, pos, err)
+			}
+			if !valid {
+				want := "Invalid digest " + string(h) + "/5: hash is not lower-case hexadecimal"
+				if s := status.Convert(err); s.Code() != codes.InvalidArgument || s.Message() != want {
+					t.Fatalf("New with byte %#x at %d: %v, want INVALID_ARGUMENT %q", c, pos, err, want)
+				}
+			}
+		}
+	}
+	for _, tc := range []struct {
+		hash string
+		size int64
+		want string
+	}{
+		{"abc", 3, "Invalid digest abc/3: hash has length 3, want 64 (SHA-256)"},
+		{"ABC", -1, "Invalid digest ABC/-1: hash has length 3, want 64 (SHA-256)"},
+		{helloHash, -1, "Invalid digest " + helloHash + "/-1: negative size"},
+		{"Z" + helloHash[1:], -1, "Invalid digest Z" + helloHash[1:] + "/-1: hash is not lower-case hexadecimal"},
+	} {
+		if _, err := digest.New(tc.hash, tc.size); status.Convert(err).Message() != tc.want {
+			t.Errorf("New(%q, %d) = %v, want %q", tc.hash, tc.size, err, tc.want)
+		}
+	}
+}
+
+// BenchmarkNew validates a valid digest, the common case of FindMissingBlobs.
+func BenchmarkNew(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		if _, err := digest.New(helloHash, 5); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
