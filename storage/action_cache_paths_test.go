@@ -87,3 +87,71 @@ func TestUpdateActionResultRefusesNonCanonicalOutputPaths(t *testing.T) {
 		t.Fatalf("GetActionResult = %v, %v", got, err)
 	}
 }
+
+// The names inside an output directory's Tree are REAPI Directory entries: "Every child in the
+// directory must have a path of exactly one segment". UpdateActionResult refuses a Tree with
+// any other name, for files, directories and symlinks, in the root and in children, and stores
+// nothing: a client building "out/../../evil" from a cached Tree would write outside its
+// output directory.
+func TestUpdateActionResultRefusesTreesWithUnsafeNames(t *testing.T) {
+	e := newTestEnv(t, 1<<20, storage.ServiceOptions{})
+	ctx := context.Background()
+	content := []byte("hello")
+	fd := digest.FromBytes(content)
+	storeBlobs(t, e.store, content)
+	empty := &repb.Directory{}
+	_, emptyDigest, _ := digest.FromMessage(empty)
+	names := map[string]string{
+		"../../evil": "not a single path segment",
+		"a/b":        "not a single path segment",
+		".":          "contains '.' segment",
+		"..":         "contains '..'",
+		"":           "empty path",
+		"n\x00ul":    "contains NUL",
+	}
+	nodes := map[string]func(name string) *repb.Directory{
+		"file": func(name string) *repb.Directory {
+			return &repb.Directory{Files: []*repb.FileNode{{Name: name, Digest: fd.Proto()}}}
+		},
+		"directory": func(name string) *repb.Directory {
+			return &repb.Directory{Directories: []*repb.DirectoryNode{{Name: name, Digest: emptyDigest.Proto()}}}
+		},
+		"symlink": func(name string) *repb.Directory {
+			return &repb.Directory{Symlinks: []*repb.SymlinkNode{{Name: name, Target: "t"}}}
+		},
+	}
+	i := 0
+	for kind, node := range nodes {
+		for name, why := range names {
+			for _, inChild := range []bool{false, true} {
+				i++
+				tree := &repb.Tree{Root: node(name), Children: []*repb.Directory{empty}}
+				if inChild {
+					child := node(name)
+					_, cd, _ := digest.FromMessage(child)
+					tree = &repb.Tree{Root: &repb.Directory{Directories: []*repb.DirectoryNode{{Name: "sub", Digest: cd.Proto()}}}, Children: []*repb.Directory{child, empty}}
+				}
+				tb, td, err := digest.FromMessage(tree)
+				if err != nil {
+					t.Fatal(err)
+				}
+				storeBlobs(t, e.store, tb)
+				action := digest.FromBytes([]byte(fmt.Sprintf("tree action %d", i)))
+				_, err = e.acc.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: action.Proto(), ActionResult: &repb.ActionResult{
+					OutputDirectories: []*repb.OutputDirectory{{Path: "out", TreeDigest: td.Proto()}}}})
+				wantStatus(t, err, codes.InvalidArgument, fmt.Sprintf("Failed to check outputs of action result for %s: Output tree %s has a %s named %q: %s", action, td, kind, name, why))
+				_, err = e.acc.GetActionResult(ctx, &repb.GetActionResultRequest{ActionDigest: action.Proto()})
+				wantStatus(t, err, codes.NotFound, "")
+			}
+		}
+	}
+	// A Tree with ordinary names (dots inside a name are fine) is accepted.
+	good := &repb.Tree{Root: &repb.Directory{Files: []*repb.FileNode{{Name: "..x.", Digest: fd.Proto()}}}}
+	gb, gd, _ := digest.FromMessage(good)
+	storeBlobs(t, e.store, gb)
+	action := digest.FromBytes([]byte("good tree action"))
+	if _, err := e.acc.UpdateActionResult(ctx, &repb.UpdateActionResultRequest{ActionDigest: action.Proto(), ActionResult: &repb.ActionResult{
+		OutputDirectories: []*repb.OutputDirectory{{Path: "out", TreeDigest: gd.Proto()}}}}); err != nil {
+		t.Fatal(err)
+	}
+}

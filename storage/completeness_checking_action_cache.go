@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/relpath"
 	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
@@ -27,7 +28,9 @@ type completenessCheckingActionCache struct {
 // NewCompletenessCheckingActionCache wraps ac so that Get reports NOT_FOUND for a result any of
 // whose outputs (output files, stdout and stderr, output directory Trees and every file in
 // them) is missing from cas, and Put refuses such a result with FAILED_PRECONDITION carrying a
-// PreconditionFailure of type MISSING per missing blob. Checking a hit also refreshes its
+// PreconditionFailure of type MISSING per missing blob. A Tree whose entries are not single
+// path segments ("..", "a/b", "" ...) is refused by Put with INVALID_ARGUMENT and is a miss
+// for Get. Checking a hit also refreshes its
 // outputs in cas, so a result in use keeps its outputs from eviction.
 func NewCompletenessCheckingActionCache(ac ActionCache, cas BlobStore) ActionCache {
 	return &completenessCheckingActionCache{ac: ac, cas: cas}
@@ -115,6 +118,9 @@ func (c *completenessCheckingActionCache) missingOutputs(ctx context.Context, re
 			return nil, err
 		}
 		for _, dir := range append([]*repb.Directory{tree.GetRoot()}, tree.GetChildren()...) {
+			if err := checkTreeNames(t, dir); err != nil {
+				return nil, err
+			}
 			for _, f := range dir.GetFiles() {
 				d, err := digest.FromProto(f.GetDigest())
 				if err != nil {
@@ -128,6 +134,34 @@ func (c *completenessCheckingActionCache) missingOutputs(ctx context.Context, re
 		return nil, nil
 	}
 	return c.cas.FindMissing(ctx, files)
+}
+
+// checkTreeNames refuses a Directory of the output Tree t whose entries are not single path
+// segments (relpath.CheckName): a client materialising "out/../../x" from a cached Tree would
+// write outside its output directory. The error is INVALID_ARGUMENT naming the entry.
+func checkTreeNames(t digest.Digest, dir *repb.Directory) error {
+	check := func(kind, name string) error {
+		if err := relpath.CheckName(name); err != nil {
+			return status.Errorf(codes.InvalidArgument, "Output tree %s has a %s named %q: %v", t, kind, name, err)
+		}
+		return nil
+	}
+	for _, f := range dir.GetFiles() {
+		if err := check("file", f.GetName()); err != nil {
+			return err
+		}
+	}
+	for _, d := range dir.GetDirectories() {
+		if err := check("directory", d.GetName()); err != nil {
+			return err
+		}
+	}
+	for _, l := range dir.GetSymlinks() {
+		if err := check("symlink", l.GetName()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readTree reads and parses the Tree blob t.

@@ -60,3 +60,26 @@ func Check(p string) error {
 	}
 	return nil
 }
+
+// ErrNotOneSegment is a directory entry name that contains a slash.
+var ErrNotOneSegment = errors.New("not a single path segment")
+
+// CheckName returns nil when name is a valid name of a Directory's entry (a file, directory or
+// symlink node): REAPI's Directory "Every child in the directory must have a path of exactly
+// one segment", so it is non-empty, not "." or "..", and has no slash and no NUL. Otherwise it
+// returns ErrEmpty, ErrDot, ErrDotDot, ErrNotOneSegment or ErrNUL.
+func CheckName(name string) error {
+	switch {
+	case name == "":
+		return ErrEmpty
+	case name == ".":
+		return ErrDot
+	case name == "..":
+		return ErrDotDot
+	case strings.ContainsRune(name, '/'):
+		return ErrNotOneSegment
+	case strings.ContainsRune(name, 0):
+		return ErrNUL
+	}
+	return nil
+}
