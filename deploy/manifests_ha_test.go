@@ -35,7 +35,7 @@ type haManifests struct {
 func loadHA(t *testing.T) *haManifests {
 	t.Helper()
 	m := &haManifests{}
-	files, _ := filepath.Glob(filepath.Join(manifestDir, "ha", "*.yaml"))
+	files, _ := filepath.Glob(filepath.Join("kubernetes", "ha", "*.yaml"))
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -139,7 +139,7 @@ func TestHAOverlayRunsSchedulerReplicasOnEtcd(t *testing.T) {
 	}
 	var got []string
 	for _, u := range used {
-		if u != ".." {
+		if u != "../base" {
 			got = append(got, u)
 		}
 	}

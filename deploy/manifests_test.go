@@ -22,9 +22,11 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-const manifestDir = "kubernetes"
+// manifestDir holds the base manifests; kubernetes/kustomization.yaml lists it and the
+// kubernetes/ha overlay builds on it.
+const manifestDir = "kubernetes/base"
 
-// manifests holds every object in deploy/kubernetes, decoded strictly.
+// manifests holds every object in deploy/kubernetes/base, decoded strictly.
 type manifests struct {
 	deployments map[string]*appsv1.Deployment
 	hpas        map[string]*autoscalingv2.HorizontalPodAutoscaler // by file name

@@ -220,6 +220,7 @@ func run(args []string) error {
 	if haOn {
 		var etcd *clientv3.Client
 		clusterCfg.AdvertiseHTTPAddress = advertiseHTTP(clusterCfg.AdvertiseAddress, *metricsListen)
+		warnLoopbackAdvertise(clusterCfg.AdvertiseAddress, clusterCfg.Endpoints, logger)
 		if node, etcd, err = startCluster(clusterCfg, newSched, logger); err != nil {
 			return err
 		}
