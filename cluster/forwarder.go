@@ -56,7 +56,7 @@ func (n *Node) Register(srv *grpc.Server) {
 // Messages of the UNAVAILABLE answers that mean the leader went away (rather than, say, the
 // bucket being unreachable from a live leader, which is passed on to the client).
 var leaderGoneMessages = []string{
-	notLeaderMessage, shuttingDownMessage,
+	notLeaderMessage, shuttingDownMessage, leaderChangedMessage,
 	// Transport failures of the connection to the leader.
 	"connection", "transport", "EOF", "closing",
 }
@@ -65,6 +65,8 @@ const (
 	notLeaderMessage = "This scheduler replica is not the leader"
 	// shuttingDownMessage is what a closed scheduler (a leader that lost its term) answers.
 	shuttingDownMessage = "Scheduler is shutting down"
+	// leaderChangedMessage ends an attempt forwarded to a replica that stopped leading.
+	leaderChangedMessage = "The scheduler leader changed while the call was forwarded to it"
 )
 
 // retryable reports whether a failed attempt may be repeated on the (next) leader: the leader
@@ -112,11 +114,17 @@ func (n *Node) call(ctx context.Context, attempt func(context.Context, *target) 
 			}
 			return status.Errorf(codes.Unavailable, "No scheduler leader was elected within %s", n.cfg.HoldTimeout)
 		}
-		actx := ctx
-		if t.local == nil {
-			actx = outgoing(ctx)
+		if t.local != nil {
+			err = attempt(ctx, t)
+		} else {
+			// The attempt ends as soon as the leader changes: the old leader may be frozen
+			// (its connection up, nothing answering), and only the next one can serve it.
+			actx, a := n.trackAttempt(outgoing(ctx), t.addr)
+			err = attempt(actx, t)
+			if n.untrackAttempt(a) && err != nil && ctx.Err() == nil {
+				err = status.Error(codes.Unavailable, leaderChangedMessage)
+			}
 		}
-		err = attempt(actx, t)
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return err
 		}

@@ -9,7 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
@@ -52,25 +54,20 @@ func (h *healthServer) Check(_ context.Context, req *healthpb.HealthCheckRequest
 // probeTimeout bounds one health check of the replica itself or of the leader.
 func (n *Node) probeTimeout() time.Duration { return max(n.cfg.SessionTTL/3, 500*time.Millisecond) }
 
-// checkSelf calls the health service at the advertise address with this replica's node id and
-// records whether the answer came from this replica. A failure is logged as an error naming the
-// address (again only once it changes).
+// selfChecks is how many checks of the advertise address, each over a new connection, must all
+// answer from this replica: one check through a load balancer's address may happen to be
+// routed to this replica, several new connections are spread over the replicas behind it.
+const selfChecks = 5
+
+// checkSelf calls the health service at the advertise address with this replica's node id,
+// selfChecks times over a new connection each, and records whether every answer came from this
+// replica. A failure is logged as an error naming the address (again only once it changes).
 func (n *Node) checkSelf(ctx context.Context) error {
-	n.mu.Lock()
-	conn, err := n.connLocked(n.cfg.AdvertiseAddress)
-	n.mu.Unlock()
-	if err == nil {
-		cctx, cancel := context.WithTimeout(ctx, n.probeTimeout())
-		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: ReplicaHealthPrefix + n.id})
-		cancel()
-		switch status.Code(err) {
-		case codes.OK:
-		case codes.NotFound:
-			err = fmt.Errorf("another scheduler replica answers there: %s", status.Convert(err).Message())
-		case codes.Unimplemented:
-			err = fmt.Errorf("another server answers there (it has no buildfleet health service)")
-		default:
-			err = fmt.Errorf("it does not answer: %s", status.Convert(err).Message())
+	var err error
+	for i := 0; i < selfChecks && err == nil && ctx.Err() == nil; i++ {
+		err = n.checkSelfOnce(ctx)
+		if err != nil && i > 0 {
+			err = fmt.Errorf("check %d of %d: %w (the first ones reached this replica: is it a load balancer's address?)", i+1, selfChecks, err)
 		}
 	}
 	if ctx.Err() != nil {
@@ -88,6 +85,29 @@ func (n *Node) checkSelf(ctx context.Context) error {
 		n.log.Info().Str("advertise_address", n.cfg.AdvertiseAddress).Msg("The advertise address reaches this replica now: campaigning for leadership")
 	}
 	return err
+}
+
+// checkSelfOnce makes one check of the advertise address over a new connection.
+func (n *Node) checkSelfOnce(ctx context.Context) error {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, n.dialOpts...)
+	conn, err := grpc.NewClient("passthrough:///"+n.cfg.AdvertiseAddress, opts...)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, n.probeTimeout())
+	defer cancel()
+	_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: ReplicaHealthPrefix + n.id})
+	switch status.Code(err) {
+	case codes.OK:
+		return nil
+	case codes.NotFound:
+		return fmt.Errorf("another scheduler replica answers there: %s", status.Convert(err).Message())
+	case codes.Unimplemented:
+		return fmt.Errorf("another server answers there (it has no buildfleet health service)")
+	default:
+		return fmt.Errorf("it does not answer: %s", status.Convert(err).Message())
+	}
 }
 
 // probeLeader checks, every third of the session TTL while this replica follows, that the
@@ -185,13 +205,19 @@ func (n *Node) Status() Status {
 	if !n.session {
 		st.Problems = append(st.Problems, "no etcd session")
 	}
-	if n.leader == "" {
+	switch {
+	case st.LeaderReachable:
+	case n.leader == "":
 		st.Problems = append(st.Problems, "no leader known: scheduler calls are held")
-	} else if n.local == nil && n.probe.addr == n.leader && n.probe.err != nil {
+	case n.probe.addr == n.leader && n.probe.err != nil:
 		st.Problems = append(st.Problems, fmt.Sprintf("cannot reach leader %s: %v", n.leader, n.probe.err))
 		if n.clk.Now().Sub(n.probe.failingSince) >= 2*n.cfg.SessionTTL {
 			st.Ready = false
 		}
+	case n.isSelfLocked(n.leader):
+		st.Problems = append(st.Problems, "etcd names this replica leader but it does not lead (stepping down or just elected): scheduler calls are held")
+	default:
+		st.Problems = append(st.Problems, fmt.Sprintf("leader %s not checked yet", n.leader))
 	}
 	return st
 }

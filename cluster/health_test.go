@@ -96,22 +96,23 @@ func TestReplicaWithWrongAdvertiseAddressNeverLeads(t *testing.T) {
 	}
 }
 
-// A follower that cannot reach the leader (its port closed while it keeps its etcd session)
-// logs it with the leader's address and, after twice the session TTL, answers /readyz 503
+// A follower that cannot reach the leader (the network between them cut while the leader
+// keeps its etcd session and still reaches itself) logs it with the leader's address and, after twice the session TTL, answers /readyz 503
 // with "cannot reach leader", so a load balancer's HTTP check takes it out.
 func TestFollowerReportsAnUnreachableLeader(t *testing.T) {
 	etcd := clustertest.StartEtcd(t)
 	st := newShared(t)
 	a := startReplica(t, etcd, st, testCluster, scheduler.Config{}, replicaOpts{http: true})
 	waitFor(t, "a leader", 10*time.Second, a.leads)
-	b := startReplica(t, etcd, st, testCluster, scheduler.Config{}, replicaOpts{http: true})
+	network := newCuttableNet()
+	b := startReplica(t, etcd, st, testCluster, scheduler.Config{}, replicaOpts{http: true, net: network})
 	waitFor(t, "the follower to see the leader", 10*time.Second, func() bool { l, _ := b.node.Leader(); return l == a.addr })
 	waitFor(t, "the follower to reach the leader", 10*time.Second, func() bool { _, s := readyz(t, b); return s.LeaderReachable })
 	if code, s := readyz(t, b); code != http.StatusOK || !s.Ready || !s.EtcdSession || !s.AdvertiseOK {
 		t.Fatalf("/readyz of a healthy follower = %d %+v", code, s)
 	}
 
-	a.srv.Stop() // the leader keeps its etcd session but answers nobody
+	network.cutOff(a.addr) // the leader keeps its etcd session but the follower cannot reach it
 	ctx, cancel := context.WithTimeout(context.Background(), testCluster.SessionTTL)
 	_, err := rwpb.NewBotsClient(b.conn(t)).CreateBotSession(ctx, &rwpb.CreateBotSessionRequest{BotSession: &rwpb.BotSession{BotId: "x"}})
 	cancel()

@@ -106,6 +106,45 @@ type replicaOpts struct {
 	advertise string
 	// http starts an HTTP server with /workers and /readyz (replica.httpAddr).
 	http bool
+	// net, if set, carries the replica's connections to other replicas (a cuttable network).
+	net *cuttableNet
+}
+
+// cuttableNet dials the replicas' connections to each other; cut stands in for a network
+// partition between one replica and the address of another.
+type cuttableNet struct {
+	mu    sync.Mutex
+	cut   map[string]bool
+	conns map[string][]net.Conn
+}
+
+func newCuttableNet() *cuttableNet {
+	return &cuttableNet{cut: map[string]bool{}, conns: map[string][]net.Conn{}}
+}
+
+func (c *cuttableNet) dialOption() grpc.DialOption {
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.cut[addr] {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: io.ErrClosedPipe}
+		}
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.conns[addr] = append(c.conns[addr], conn)
+		}
+		return conn, err
+	})
+}
+
+// cutOff closes the connections to addr and refuses new ones.
+func (c *cuttableNet) cutOff(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cut[addr] = true
+	for _, conn := range c.conns[addr] {
+		conn.Close()
+	}
 }
 
 // startReplica starts a replica of etcd e serving s; cfg's Endpoints are filled in, and its
@@ -118,12 +157,16 @@ func startReplica(t testing.TB, e *clustertest.Etcd, s *shared, cfg cluster.Conf
 	}
 	var clk clock.Clock = clock.System
 	var httpLis net.Listener
+	var dialOpts []grpc.DialOption
 	for _, o := range opts {
 		if o.clk != nil {
 			clk = o.clk
 		}
 		if o.advertise != "" {
 			cfg.AdvertiseAddress = o.advertise
+		}
+		if o.net != nil {
+			dialOpts = append(dialOpts, o.net.dialOption())
 		}
 		if o.http {
 			if httpLis, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
@@ -150,7 +193,7 @@ func startReplica(t testing.TB, e *clustertest.Etcd, s *shared, cfg cluster.Conf
 	}
 	cli := e.Client(t)
 	r.cli = cli
-	r.node = cluster.New(cfg, cli, newSched, clk, logger)
+	r.node = cluster.New(cfg, cli, newSched, clk, logger, dialOpts...)
 	if httpLis != nil {
 		r.httpAddr = httpLis.Addr().String()
 		mux := http.NewServeMux()
@@ -311,4 +354,135 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// tcpProxy is an in-process TCP proxy on 127.0.0.1: it stands in for a load balancer (round
+// robin over its backends) or for the network between replicas (pause freezes every
+// connection through it: TCP stays up, no byte passes, as to a SIGSTOPped process).
+type tcpProxy struct {
+	t    testing.TB
+	lis  net.Listener
+	addr string
+
+	mu       sync.Mutex
+	backends []string
+	next     int
+	paused   bool
+	resumed  chan struct{}
+	conns    []net.Conn
+	// ready is closed once backends are set; connections accepted before wait for it.
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+func startProxy(t testing.TB) *tcpProxy {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{t: t, lis: lis, addr: lis.Addr().String(), ready: make(chan struct{}), resumed: make(chan struct{})}
+	go p.serve()
+	t.Cleanup(p.close)
+	return p
+}
+
+// setBackends sets the addresses connections are sent to, in turn.
+func (p *tcpProxy) setBackends(addrs ...string) {
+	p.mu.Lock()
+	p.backends = addrs
+	p.mu.Unlock()
+	p.readyOnce.Do(func() { close(p.ready) })
+}
+
+// pause stops every byte through the proxy until resume; connections stay open.
+func (p *tcpProxy) pause() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.paused {
+		p.paused = true
+		p.resumed = make(chan struct{})
+	}
+}
+
+func (p *tcpProxy) resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.paused {
+		p.paused = false
+		close(p.resumed)
+	}
+}
+
+// gate waits while the proxy is paused.
+func (p *tcpProxy) gate() {
+	p.mu.Lock()
+	paused, ch := p.paused, p.resumed
+	p.mu.Unlock()
+	if paused {
+		<-ch
+	}
+}
+
+func (p *tcpProxy) serve() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		go p.handle(c)
+	}
+}
+
+func (p *tcpProxy) handle(c net.Conn) {
+	<-p.ready
+	p.gate()
+	p.mu.Lock()
+	if len(p.backends) == 0 {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	backend := p.backends[p.next%len(p.backends)]
+	p.next++
+	p.mu.Unlock()
+	u, err := net.Dial("tcp", backend)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, u)
+	p.mu.Unlock()
+	cp := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				p.gate()
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					break
+				}
+			}
+			if err != nil {
+				break
+			}
+		}
+		dst.Close()
+		src.Close()
+	}
+	go cp(u, c)
+	go cp(c, u)
+}
+
+// close stops the proxy and closes every connection through it.
+func (p *tcpProxy) close() {
+	p.lis.Close()
+	p.resume()
+	p.readyOnce.Do(func() { close(p.ready) })
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
 }

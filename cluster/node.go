@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/scheduler"
@@ -51,6 +52,11 @@ type Node struct {
 	// changed is closed and replaced whenever leader or local changes.
 	changed chan struct{}
 	conns   map[string]*grpc.ClientConn
+	// attempts are the calls being forwarded to a leader now: once the leader changes (or
+	// this replica starts leading) those sent to another address are ended at once and
+	// resumed on the next leader, however the old one behaves (it may be frozen, its TCP
+	// connection up and nothing answering).
+	attempts map[*forwardedAttempt]struct{}
 	// terms counts the terms this replica has led.
 	terms int
 	// selfChecked is set once the advertise address was checked; selfErr is the outcome of
@@ -91,6 +97,7 @@ func New(cfg Config, cli *clientv3.Client, newScheduler NewSchedulerFunc, clk cl
 		id:           id,
 		changed:      make(chan struct{}),
 		conns:        map[string]*grpc.ClientConn{},
+		attempts:     map[*forwardedAttempt]struct{}{},
 		warned:       map[string]time.Time{},
 	}
 }
@@ -218,17 +225,40 @@ func (n *Node) term(ctx context.Context) error {
 	n.setLocal(sched)
 	n.log.Info().Msg("Elected leader: scheduler serving")
 	lost := n.fence(campaign, sess.Lease(), f)
+	astray := n.recheckSelf(campaign)
 	select {
 	case <-sess.Done():
 		n.log.Warn().Msg("etcd session lost: stepping down")
 	case <-lost:
 		n.log.Warn().Msg("etcd lease not renewed in time: stepping down")
+	case <-astray:
+		n.log.Error().Msg("The advertise address no longer reaches this replica: stepping down")
 	case <-ctx.Done():
 		n.log.Info().Msg("Shutting down: resigning leadership")
 	}
 	n.setLocal(nil)
 	sched.Close()
 	return nil
+}
+
+// recheckSelf checks the advertise address every session TTL while ctx lasts (the term) and
+// returns a channel closed once a check fails: a leader whose address stops reaching it (a
+// load balancer's address, a moved IP) would have every forwarded call sent elsewhere.
+func (n *Node) recheckSelf(ctx context.Context) <-chan struct{} {
+	astray := make(chan struct{})
+	go func() {
+		for {
+			n.pause(ctx, n.cfg.SessionTTL)
+			if ctx.Err() != nil {
+				return
+			}
+			if n.checkSelf(ctx) != nil && ctx.Err() == nil {
+				close(astray)
+				return
+			}
+		}
+	}()
+	return astray
 }
 
 // revoke revokes lease id. If etcd does not answer within a third of the TTL and ctx is not
@@ -404,8 +434,61 @@ func (n *Node) setLeader(addr string) {
 		return
 	}
 	n.log.Info().Str("leader", addr).Msg("Leader changed")
+	old := n.leader
 	n.leader = addr
+	n.moveAttemptsLocked()
+	// The connection to the old leader goes too: a frozen leader keeps its TCP connection up,
+	// and a new connection is made if it is elected again.
+	if c := n.conns[old]; c != nil && old != "" && old != n.cfg.AdvertiseAddress {
+		delete(n.conns, old)
+		go c.Close()
+	}
 	n.notifyLocked()
+}
+
+// forwardedAttempt is one attempt of a call forwarded to the leader at addr.
+type forwardedAttempt struct {
+	addr   string
+	cancel context.CancelFunc
+	// moved is set when the attempt was ended because the leader changed.
+	moved bool
+}
+
+// trackAttempt returns ctx for one attempt of a call forwarded to addr, ended as soon as addr
+// stops being the leader, and the attempt to pass to untrackAttempt once it is over.
+func (n *Node) trackAttempt(ctx context.Context, addr string) (context.Context, *forwardedAttempt) {
+	actx, cancel := context.WithCancel(ctx)
+	a := &forwardedAttempt{addr: addr, cancel: cancel}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.local != nil || n.leader != addr {
+		a.moved = true
+		cancel()
+		return actx, a
+	}
+	n.attempts[a] = struct{}{}
+	return actx, a
+}
+
+// untrackAttempt forgets a and reports whether it was ended because the leader changed.
+func (n *Node) untrackAttempt(a *forwardedAttempt) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.attempts, a)
+	a.cancel()
+	return a.moved
+}
+
+// moveAttemptsLocked ends every forwarded attempt whose address is not the leader's now (all
+// of them while this replica leads).
+func (n *Node) moveAttemptsLocked() {
+	for a := range n.attempts {
+		if n.local != nil || a.addr != n.leader {
+			a.moved = true
+			a.cancel()
+			delete(n.attempts, a)
+		}
+	}
 }
 
 // setLocal starts (sched != nil) or ends (nil) this replica's term.
@@ -417,14 +500,23 @@ func (n *Node) setLocal(sched *scheduler.Scheduler) {
 	} else {
 		n.local = newLocalServices(sched)
 		n.terms++
+		n.moveAttemptsLocked()
 	}
 	n.notifyLocked()
 }
 
+// setSession records whether the replica holds an etcd session. Losing it forgets this
+// replica's own address as the leader's: the key etcd last showed is stale (etcd deletes it
+// with the session's lease, or already did while unreachable), and /readyz must not name a
+// replica that does not lead.
 func (n *Node) setSession(up bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.session = up
+	if !up && n.leader == n.cfg.AdvertiseAddress && n.leader != "" {
+		n.leader = ""
+		n.notifyLocked()
+	}
 }
 
 func (n *Node) notifyLocked() {
@@ -505,6 +597,11 @@ func (n *Node) connLocked(addr string) (*grpc.ClientConn, error) {
 	}
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A leader frozen for good (its lease expired, but no new leader seen yet, e.g. with
+		// etcd away too) is noticed by the pings: the connection closes and held calls fail
+		// over. gRPC raises Time to at least 10 s; the scheduler server permits pings that
+		// often (cmd/scheduler: EnforcementPolicy MinTime 10 s, PermitWithoutStream).
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: n.cfg.SessionTTL, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)),
 	}, n.dialOpts...)
 	c, err := grpc.NewClient("passthrough:///"+addr, opts...)
@@ -527,6 +624,9 @@ func (n *Node) warnLimited(kind string) *zerolog.Event {
 	n.warned[kind] = now
 	return n.log.Warn()
 }
+
+// keepaliveTime is how often a connection to the leader is pinged when idle (gRPC's least).
+const keepaliveTime = 10 * time.Second
 
 // warnEvery is the least time between two rate-limited warnings of the same kind.
 const warnEvery = 5 * time.Second

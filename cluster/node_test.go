@@ -2,6 +2,7 @@ package cluster_test
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -160,6 +161,8 @@ func TestFrozenEtcdFencesTheLeader(t *testing.T) {
 	waitFor(t, "the follower to see the leader", 10*time.Second, func() bool { l, _ := b.node.Leader(); return l == a.addr })
 
 	var both atomic.Bool
+	// silent is a /readyz view that says the leader is unreachable but lists no problem.
+	var silent atomic.Value
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() {
@@ -167,6 +170,11 @@ func TestFrozenEtcdFencesTheLeader(t *testing.T) {
 		for {
 			if a.leads() && b.leads() {
 				both.Store(true)
+			}
+			for _, r := range []*replica{a, b} {
+				if s := r.node.Status(); !s.LeaderReachable && len(s.Problems) == 0 {
+					silent.Store(s)
+				}
 			}
 			select {
 			case <-stop:
@@ -182,6 +190,14 @@ func TestFrozenEtcdFencesTheLeader(t *testing.T) {
 	t.Logf("leader stepped down %s after etcd froze (TTL %s)", time.Since(paused), testCluster.SessionTTL)
 	if time.Since(paused) > testCluster.SessionTTL {
 		t.Fatalf("leader kept leading %s with etcd frozen, past the TTL %s", time.Since(paused), testCluster.SessionTTL)
+	}
+	// The replica that stepped down, its session gone, names no leader (not itself).
+	waitFor(t, "the stepped-down leader to stop naming itself leader", testCluster.SessionTTL, func() bool {
+		s := a.node.Status()
+		return s.Leader != a.addr && !s.EtcdSession
+	})
+	if s := a.node.Status(); s.LeaderReachable || !strings.Contains(strings.Join(s.Problems, ";"), "no leader known") {
+		t.Fatalf("status of the stepped-down leader with etcd frozen: %+v", s)
 	}
 	// The CAS keeps being served by both replicas.
 	d := st.putAction(t, "cas while etcd is frozen")
@@ -199,6 +215,9 @@ func TestFrozenEtcdFencesTheLeader(t *testing.T) {
 	<-sampled
 	if both.Load() {
 		t.Fatal("two replicas led at the same time")
+	}
+	if s := silent.Load(); s != nil {
+		t.Fatalf("a replica's status said the leader is unreachable without a problem in words: %+v", s)
 	}
 }
 

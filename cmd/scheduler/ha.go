@@ -112,6 +112,22 @@ func (f *haFlags) config() (cluster.Config, error) {
 	return cfg, nil
 }
 
+// checkAdvertiseNotPublic refuses an --advertise-address equal to --public-address (the load
+// balancer's address, a HOST:PORT or a grpc:// or grpcs:// URL): the other replicas must reach
+// this replica itself, and a leader advertising the balancer's address would have every call
+// forwarded back through the balancer, to any replica.
+func checkAdvertiseNotPublic(advertise, public string) error {
+	p := strings.ToLower(strings.TrimSpace(public))
+	for _, scheme := range []string{"grpc://", "grpcs://"} {
+		p = strings.TrimPrefix(p, scheme)
+	}
+	p = strings.TrimSuffix(p, "/")
+	if p != "" && p == strings.ToLower(strings.TrimSpace(advertise)) {
+		return fmt.Errorf("--advertise-address=%s is the --public-address (the load balancer's): it must be this replica's own address, at which the other replicas reach it (e.g. $(hostname -i):8980, or the pod IP)", advertise)
+	}
+	return nil
+}
+
 // startCluster connects to etcd and returns the replica, not yet running, and the etcd client
 // to close after it.
 func startCluster(cfg cluster.Config, newSched cluster.NewSchedulerFunc, logger zerolog.Logger) (*cluster.Node, *clientv3.Client, error) {

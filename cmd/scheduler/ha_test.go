@@ -63,3 +63,27 @@ func TestAdoptionWindowFlag(t *testing.T) {
 		t.Error("a negative --adoption-window was accepted")
 	}
 }
+
+// An --advertise-address equal to --public-address (the load balancer's address, in any of the
+// forms --public-address takes) is refused; another address, or no --public-address, is not.
+func TestAdvertiseAddressMustNotBeThePublicOne(t *testing.T) {
+	for _, c := range []struct {
+		advertise, public string
+		refused           bool
+	}{
+		{"lb.example:8980", "lb.example:8980", true},
+		{"lb.example:8980", "grpc://LB.example:8980", true},
+		{"lb.example:8980", "grpcs://lb.example:8980/", true},
+		{"10.0.0.5:8980", "lb.example:8980", false},
+		{"10.0.0.5:8980", "", false},
+		{"lb.example:8981", "lb.example:8980", false},
+	} {
+		err := checkAdvertiseNotPublic(c.advertise, c.public)
+		if (err != nil) != c.refused {
+			t.Errorf("advertise %q public %q: %v, want refused %v", c.advertise, c.public, err, c.refused)
+		}
+		if err != nil && !strings.Contains(err.Error(), "--public-address") {
+			t.Errorf("error %q does not name --public-address", err)
+		}
+	}
+}

@@ -116,6 +116,9 @@ func run(args []string) error {
 		if clusterCfg, err = ha.config(); err != nil {
 			return err
 		}
+		if err := checkAdvertiseNotPublic(clusterCfg.AdvertiseAddress, *publicAddr); err != nil {
+			return err
+		}
 		if *objectStore.url == "" {
 			return errors.New("--ha=etcd needs --object-store: every replica serves the CAS and action cache from the shared bucket")
 		}
@@ -172,7 +175,9 @@ func run(args []string) error {
 		grpc.MaxRecvMsgSize(storage.RecommendedMaxMessageSizeBytes),
 		grpc.MaxSendMsgSize(storage.RecommendedMaxMessageSizeBytes),
 		grpc.MaxConcurrentStreams(uint32(*maxStreams)),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// MinTime is below the 10 s pings of replicas' connections to the leader (--ha=etcd),
+		// so that the leader never refuses them as too many.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 	}
 	opts = append(opts, storage.ReceiveBufferOptions()...)
