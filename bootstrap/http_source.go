@@ -131,13 +131,16 @@ func RedirectPolicy(allowInsecure bool) func(req *http.Request, via []*http.Requ
 // Open sends a GET for u. A 4xx status other than 408 and 429 and a refused redirect are
 // permanent; 5xx, 408, 429, transport errors and stalls (no progress for Timeout, also while
 // the body is read) are retried by the caller.
-func (s *HTTPSource) Open(ctx context.Context, u *url.URL) (io.ReadCloser, int64, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
+func (s *HTTPSource) Open(parent context.Context, u *url.URL) (io.ReadCloser, int64, error) {
+	ctx, cancel := context.WithCancelCause(parent)
 	stall := &StallError{URL: redact(u), Timeout: s.timeout()}
 	timer := time.AfterFunc(stall.Timeout, func() { cancel(stall) })
 	fail := func(err error) (io.ReadCloser, int64, error) {
 		timer.Stop()
-		if errors.Is(context.Cause(ctx), stall) {
+		// The stall timer and the transport's own timeouts (dial, TLS handshake, response
+		// headers: the same duration) race; either one is the same stall.
+		var timeout net.Error
+		if errors.Is(context.Cause(ctx), stall) || (parent.Err() == nil && errors.As(err, &timeout) && timeout.Timeout()) {
 			err = stall
 		}
 		cancel(nil)

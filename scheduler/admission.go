@@ -228,9 +228,10 @@ func checkCommand(d digest.Digest, c *repb.Command) error {
 	// REAPI: output paths "MUST NOT include a trailing slash, nor a leading slash"; buildfleet
 	// accepts only canonical relative paths (relpath), so that one output has one spelling and
 	// stays inside the action's directory. The empty path is the working directory itself (the
-	// REAPI allows it for output directories; the working directory "" is the input root).
+	// REAPI allows it for output directories; the working directory "" is the input root); an
+	// output file or output path must name something, as the worker requires too.
 	check := func(kind, p string) error {
-		if p == "" {
+		if p == "" && (kind == "output directory" || kind == "working directory") {
 			return nil
 		}
 		if err := relpath.Check(p); err != nil {

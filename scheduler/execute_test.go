@@ -303,6 +303,8 @@ func TestInvalidRequestsAreRejected(t *testing.T) {
 		{"trailing slash working directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, WorkingDirectory: "a/"}).Proto()}, "trailing slash"},
 		{"dot working directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, WorkingDirectory: "./"}).Proto()}, `working directory "./"`},
 		{"escaping working directory", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, WorkingDirectory: "a/.."}).Proto()}, "contains '..'"},
+		{"empty output file", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputFiles: []string{""}}).Proto()}, `output file "" in command`},
+		{"empty output path", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputPaths: []string{""}}).Proto()}, "empty path"},
 		{"unrecognized output node property", &repb.ExecuteRequest{ActionDigest: actionWithCommand(&repb.Command{Arguments: []string{"x"}, OutputNodeProperties: []string{"mtime"}}).Proto()}, `output node property "mtime"`},
 	}
 	for _, c := range cases {
