@@ -1,18 +1,11 @@
 package storage_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +33,7 @@ func BenchmarkSchedulerRSS(b *testing.B) {
 	addr := testproc.FreeAddr(b)
 	dir := b.TempDir()
 	cmd := exec.Command(bin, "--listen="+addr, "--metrics-listen=", "--storage-dir="+dir, "--max-storage-size=8G", "--log-level=warn")
-	var stderr benchLog
+	var stderr testproc.Output
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -67,7 +60,7 @@ func BenchmarkSchedulerRSS(b *testing.B) {
 		}
 	}
 	time.Sleep(500 * time.Millisecond)
-	idle := processRSS(b, cmd.Process.Pid)
+	idle := testproc.RSS(cmd.Process.Pid)
 
 	bs := bspb.NewByteStreamClient(conn)
 	data := make([]byte, blobSize)
@@ -84,7 +77,7 @@ func BenchmarkSchedulerRSS(b *testing.B) {
 				peakc <- p
 				return
 			case <-t.C:
-				p = max(p, processRSS(b, cmd.Process.Pid))
+				p = max(p, testproc.RSS(cmd.Process.Pid))
 			}
 		}
 	}()
@@ -111,46 +104,11 @@ func BenchmarkSchedulerRSS(b *testing.B) {
 	close(stop)
 	peak := <-peakc
 	time.Sleep(5 * time.Second) // What stays resident once the traffic has ended.
-	after := processRSS(b, cmd.Process.Pid)
+	after := testproc.RSS(cmd.Process.Pid)
 	mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 	b.ReportMetric(mib(idle), "idle-RSS-MiB")
 	b.ReportMetric(mib(peak), "peak-RSS-MiB")
 	b.ReportMetric(mib(after), "after-RSS-MiB")
 	b.ReportMetric(mib(after-idle), "retained-MiB")
 	b.ReportMetric(float64(after)/float64(idle), "after-x-idle")
-}
-
-// processRSS reads the resident set size of process pid in bytes (0 once it has exited).
-func processRSS(b *testing.B, pid int) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// benchLog collects a process's output; safe for the process and a reader at once.
-type benchLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *benchLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *benchLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

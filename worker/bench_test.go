@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/buildfleet/buildfleet/internal/clock"
 	"github.com/buildfleet/buildfleet/internal/digest"
+	"github.com/buildfleet/buildfleet/internal/testproc"
 	"github.com/buildfleet/buildfleet/runner"
 	"github.com/buildfleet/buildfleet/scheduler"
 	"github.com/buildfleet/buildfleet/storage"
@@ -448,7 +448,7 @@ func idleClientRSS(b *testing.B, bin, addr string) int64 {
 		b.Fatalf("idle client said %q, %v\n%s", line, err, stderr.String())
 	}
 	time.Sleep(200 * time.Millisecond) // settle as the worker is given time to settle
-	return vmRSS(b, cmd.Process.Pid)
+	return testproc.RSS(cmd.Process.Pid)
 }
 
 func benchmarkWorkerRSS(b *testing.B) {
@@ -462,7 +462,7 @@ func benchmarkWorkerRSS(b *testing.B) {
 	cmd := exec.Command(bin, "--scheduler=grpc://"+s.addr, "--cloud=none", "--worker-concurrency=8", "--worker-id=rss",
 		"--cache-directory="+filepath.Join(dir, "cache"), "--append-only-caches-base-path="+filepath.Join(dir, "caches"), "--log-level=warn")
 	// Its warnings (the drain notice on SIGTERM) go to the log on failure, not amid the figures.
-	var stderr benchOutput
+	var stderr testproc.Output
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -484,7 +484,7 @@ func benchmarkWorkerRSS(b *testing.B) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond) // let it settle into its idle long-poll
-	idle := vmRSS(b, cmd.Process.Pid)
+	idle := testproc.RSS(cmd.Process.Pid)
 
 	ds := s.actions(b, max(b.N, 400), "/bin/true")
 	stop := make(chan struct{})
@@ -499,7 +499,7 @@ func benchmarkWorkerRSS(b *testing.B) {
 				peak <- p
 				return
 			case <-t.C:
-				p = max(p, vmRSS(b, cmd.Process.Pid))
+				p = max(p, testproc.RSS(cmd.Process.Pid))
 			}
 		}
 	}()
@@ -525,39 +525,4 @@ func benchmarkWorkerRSS(b *testing.B) {
 	b.ReportMetric(float64(busy)/(1<<20), "busy-RSS-MiB")
 	baselines.Ratio(b, "rss", float64(idle), "idle-x-baseline")
 	baselines.Ratio(b, "rss", float64(busy), "busy-x-baseline")
-}
-
-// benchOutput is a bytes.Buffer safe for a process's output and a reader at once.
-type benchOutput struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *benchOutput) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *benchOutput) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-// vmRSS reads the resident set size of process pid in bytes.
-func vmRSS(b *testing.B, pid int) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
