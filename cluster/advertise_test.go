@@ -47,3 +47,33 @@ func TestReplicaAdvertisingALoadBalancerNeverLeads(t *testing.T) {
 		t.Fatalf("the leader logged no reason for stepping down:\n%s", a.logs.String())
 	}
 }
+
+// A leader whose advertise address goes unanswered for one round of its self-check (a busy
+// machine, a lost packet) keeps leading; only selfRecheckStrikes unanswered rounds in a row make
+// it step down. The address here is a proxy that freezes (TCP up, no byte passes).
+func TestLeaderSurvivesOneUnansweredSelfCheck(t *testing.T) {
+	etcd := clustertest.StartEtcd(t)
+	st := newShared(t)
+	lb := startProxy(t)
+	a := startReplica(t, etcd, st, testCluster, scheduler.Config{}, replicaOpts{advertise: lb.addr})
+	lb.setBackends(a.addr)
+	waitFor(t, "the replica to lead", 10*time.Second, a.leads)
+
+	lb.pause()
+	waitFor(t, "one unanswered self-check", 3*testCluster.SessionTTL, func() bool {
+		return strings.Contains(a.logs.String(), `"strikes":1`)
+	})
+	lb.resume()
+	// Two more rounds answered: still the same term.
+	time.Sleep(2*testCluster.SessionTTL + time.Second)
+	if !a.leads() || a.node.Terms() != 1 {
+		t.Fatalf("after one unanswered self-check: leads=%v terms=%d, want the first term to go on\n%s", a.leads(), a.node.Terms(), a.logs.String())
+	}
+
+	lb.pause()
+	defer lb.resume()
+	waitFor(t, "the leader to step down after unanswered self-checks in a row", 4*testCluster.SessionTTL, func() bool { return !a.leads() })
+	if !strings.Contains(a.logs.String(), "The advertise address no longer reaches this replica: stepping down") {
+		t.Fatalf("the leader logged no reason for stepping down:\n%s", a.logs.String())
+	}
+}

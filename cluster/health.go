@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,10 +75,12 @@ func (n *Node) checkSelf(ctx context.Context) error {
 		return ctx.Err()
 	}
 	n.mu.Lock()
-	first, was := !n.selfChecked, n.selfErr
+	first, was, leads := !n.selfChecked, n.selfErr, n.local != nil
 	n.selfChecked, n.selfErr = true, err
 	n.mu.Unlock()
 	switch {
+	case leads:
+		// The leader's re-checks log their own outcome (recheckSelf).
 	case err != nil && (first || was == nil):
 		n.log.Error().Str("advertise_address", n.cfg.AdvertiseAddress).Str("reason", err.Error()).
 			Msgf("--advertise-address %s does not reach this replica: it will not campaign for leadership (other replicas could not forward to it); it keeps serving as a follower. Fix --advertise-address", n.cfg.AdvertiseAddress)
@@ -86,6 +89,10 @@ func (n *Node) checkSelf(ctx context.Context) error {
 	}
 	return err
 }
+
+// errAnsweredElsewhere marks a self-check answered by another server: the advertise address
+// certainly leads elsewhere, unlike a check that timed out (a busy machine, a lost packet).
+var errAnsweredElsewhere = errors.New("answered by another server")
 
 // checkSelfOnce makes one check of the advertise address over a new connection.
 func (n *Node) checkSelfOnce(ctx context.Context) error {
@@ -102,9 +109,9 @@ func (n *Node) checkSelfOnce(ctx context.Context) error {
 	case codes.OK:
 		return nil
 	case codes.NotFound:
-		return fmt.Errorf("another scheduler replica answers there: %s", status.Convert(err).Message())
+		return fmt.Errorf("%w: another scheduler replica answers there: %s", errAnsweredElsewhere, status.Convert(err).Message())
 	case codes.Unimplemented:
-		return fmt.Errorf("another server answers there (it has no buildfleet health service)")
+		return fmt.Errorf("%w: another server answers there (it has no buildfleet health service)", errAnsweredElsewhere)
 	default:
 		return fmt.Errorf("it does not answer: %s", status.Convert(err).Message())
 	}

@@ -241,21 +241,42 @@ func (n *Node) term(ctx context.Context) error {
 	return nil
 }
 
+// selfRecheckStrikes is how many rounds of the leader's self-check in a row may go unanswered
+// before it steps down: one round lost to a busy machine or a dropped packet costs no failover.
+// A round answered by another server steps down at once.
+const selfRecheckStrikes = 2
+
 // recheckSelf checks the advertise address every session TTL while ctx lasts (the term) and
-// returns a channel closed once a check fails: a leader whose address stops reaching it (a
-// load balancer's address, a moved IP) would have every forwarded call sent elsewhere.
+// returns a channel closed once the address certainly leads elsewhere (another server answered)
+// or selfRecheckStrikes rounds in a row went unanswered: a leader whose address stops reaching
+// it (a load balancer's address, a moved IP) would have every forwarded call sent elsewhere.
 func (n *Node) recheckSelf(ctx context.Context) <-chan struct{} {
 	astray := make(chan struct{})
 	go func() {
+		strikes := 0
 		for {
 			n.pause(ctx, n.cfg.SessionTTL)
 			if ctx.Err() != nil {
 				return
 			}
-			if n.checkSelf(ctx) != nil && ctx.Err() == nil {
+			err := n.checkSelf(ctx)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err == nil:
+				strikes = 0
+				continue
+			case errors.Is(err, errAnsweredElsewhere):
+				strikes = selfRecheckStrikes
+			default:
+				strikes++
+			}
+			if strikes >= selfRecheckStrikes {
 				close(astray)
 				return
 			}
+			n.log.Warn().Str("reason", err.Error()).Int("strikes", strikes).
+				Msgf("Leader's self-check of --advertise-address went unanswered; stepping down after %d in a row", selfRecheckStrikes)
 		}
 	}()
 	return astray
