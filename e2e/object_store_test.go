@@ -63,6 +63,13 @@ func TestSchedulerRefusesBadObjectStoreSettings(t *testing.T) {
 		{[]string{"--upload-resume-timeout=-1s"}, "--upload-resume-timeout=-1s: must be positive", nil},
 		{[]string{"--operation-retention=0s"}, "--operation-retention=0s: must be positive", nil},
 		{[]string{"--max-finished-operations=-5"}, "--max-finished-operations=-5: must be positive", nil},
+		// Session timings and retries: zero or negative values are refused, not replaced.
+		{[]string{"--disconnect-grace=0s"}, "--disconnect-grace=0s: must be positive", nil},
+		{[]string{"--session-timeout=-1s"}, "--session-timeout=-1s: must be positive", nil},
+		{[]string{"--shutdown-grace=-1s"}, "--shutdown-grace=-1s: must not be negative", nil},
+		{[]string{"--retry-limit=-1"}, "--retry-limit=-1: must not be negative", nil},
+		// Sockets passed to another process (a wrapper that did not exec the scheduler).
+		{[]string{}, "is not this process", []string{"LISTEN_FDS=1", "LISTEN_PID=1"}},
 	} {
 		cmd := exec.Command(filepath.Join(binDir, "scheduler"), append([]string{"--listen=127.0.0.1:0", "--metrics-listen=", "--storage-dir=" + t.TempDir()}, c.args...)...)
 		cmd.Env = append(append(os.Environ(), objectstoretest.S3Env()...), c.env...)

@@ -689,28 +689,45 @@ func diskError(err error, d digest.Digest, what string) error {
 
 // ensureFree evicts least recently used blobs when the file system has less than size bytes
 // available, whatever the configured size bound: a disk shared with other data, or smaller
-// than the bound, fills before the bound is reached.
-func (s *DiskBlobStore) ensureFree(size int64) {
+// than the bound, fills before the bound is reached. A blob that could not fit even with every
+// stored blob evicted is RESOURCE_EXHAUSTED at once, and nothing is evicted for it: emptying
+// the cache would not help, and a client declaring a huge size must not be able to flush it.
+func (s *DiskBlobStore) ensureFree(d digest.Digest) error {
 	avail, err := s.freeSpace(s.tmpDir)
-	if err != nil || avail >= size {
-		return
+	if err != nil || avail >= d.Size {
+		return nil
 	}
-	freed := s.MakeRoom(size - avail)
-	s.logger.Warn().Int64("available", avail).Int64("needed", size).Int64("evicted_bytes", freed).
+	s.mu.Lock()
+	stored := s.index.total
+	s.mu.Unlock()
+	if avail+stored < d.Size {
+		return status.Errorf(codes.ResourceExhausted, "Failed to store blob %s: its %d bytes do not fit on the server's disk (%d bytes free, %d bytes of cached blobs that could be evicted)", d, d.Size, avail, stored)
+	}
+	freed := s.MakeRoom(d.Size)
+	s.logger.Warn().Int64("available", avail).Int64("needed", d.Size).Int64("evicted_bytes", freed).
 		Msg("File system short of space; evicted least recently used blobs")
+	return nil
 }
 
-// MakeRoom evicts least recently used blobs until at least n bytes are freed or the store is
-// empty, and returns the bytes freed. Uploads call it when the disk is full.
+// MakeRoom evicts least recently used blobs until the file system holding the store has at
+// least n bytes available, and returns the bytes evicted. It evicts nothing when that cannot be
+// reached even by evicting every blob. Uploads call it when the disk is full.
 func (s *DiskBlobStore) MakeRoom(n int64) int64 {
+	avail, err := s.freeSpace(s.tmpDir)
+	if err != nil {
+		avail = 0
+	}
+	if avail >= n {
+		return 0
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	target := s.index.total - n
-	if target < 0 {
-		target = 0
+	need := n - avail
+	if need > s.index.total {
+		return 0
 	}
 	before := s.index.total
-	s.evictToLocked(target)
+	s.evictToLocked(before - need)
 	return before - s.index.total
 }
 

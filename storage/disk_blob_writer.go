@@ -34,7 +34,9 @@ type blobWriter struct {
 // file system has less than d.Size bytes free. Errors carry gRPC codes (RESOURCE_EXHAUSTED for a
 // full disk).
 func (s *DiskBlobStore) newBlobWriter(d digest.Digest) (*blobWriter, error) {
-	s.ensureFree(d.Size)
+	if err := s.ensureFree(d); err != nil {
+		return nil, err
+	}
 	f, err := os.CreateTemp(s.tmpDir, d.Hash[:16]+"-*")
 	if err != nil {
 		return nil, diskError(err, d, "creating a temporary file")

@@ -3,13 +3,16 @@ package storage_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/storage"
@@ -63,9 +66,21 @@ func TestFullFilesystemEvictsAndAnswersResourceExhausted(t *testing.T) {
 		t.Fatal("the newest blob does not read back")
 	}
 
+	// A blob larger than the whole file system is refused at once, and nothing is evicted for
+	// it: a client declaring a huge size cannot flush the cache.
+	blobsBefore, bytesBefore := s.Usage()
 	huge, hd := randomBlob(t, 6<<20)
 	err = s.Put(context.Background(), hd, bytes.NewReader(huge))
-	wantStatus(t, err, codes.ResourceExhausted, "")
+	if st := status.Convert(err); st.Code() != codes.ResourceExhausted ||
+		!strings.HasPrefix(st.Message(), fmt.Sprintf("Failed to store blob %s: its %d bytes do not fit on the server's disk (", hd, hd.Size)) {
+		t.Fatalf("Put of a blob larger than the file system: %v, want RESOURCE_EXHAUSTED saying it does not fit", err)
+	}
+	if blobs, n := s.Usage(); blobs != blobsBefore || n != bytesBefore {
+		t.Fatalf("refusing a blob that cannot fit evicted blobs: %d blobs, %d bytes before; %d, %d after", blobsBefore, bytesBefore, blobs, n)
+	}
+	if got := readAll(t, s, lastD, 0, 0); !bytes.Equal(got, last) {
+		t.Fatal("the newest blob was evicted for a blob that cannot fit")
+	}
 
 	again, ad := randomBlob(t, 512<<10)
 	if err := s.Put(context.Background(), ad, bytes.NewReader(again)); err != nil {

@@ -34,9 +34,11 @@ type setDuration struct {
 	set bool
 }
 
+// String is empty until the flag is set: its default depends on --ha, which the help text
+// explains, so --help must not print one value as "(default ...)".
 func (f *setDuration) String() string {
-	if f == nil {
-		return "0s"
+	if f == nil || !f.set {
+		return ""
 	}
 	return f.d.String()
 }

@@ -104,6 +104,9 @@ func run(args []string) error {
 	if maxBlob < 0 {
 		return fmt.Errorf("--max-blob-size=%s: must not be negative", maxBlob)
 	}
+	if err := sessionLimits(*sessionTimeout, *disconnectGrace, *shutdownGrace, *retryLimit); err != nil {
+		return err
+	}
 	if err := positiveLimits(*opRetention, *maxOps, *uploadResume, *maxParked, int64(maxParkedSize)); err != nil {
 		return err
 	}
@@ -335,6 +338,23 @@ func run(args []string) error {
 		_ = ms.Shutdown(sctx)
 	}
 	logger.Info().Msg("stopped")
+	return nil
+}
+
+// sessionLimits refuses values the scheduler would otherwise replace by its defaults: a zero or
+// negative session timeout or disconnect grace, a negative shutdown grace or retry limit
+// (--retry-limit=0 means no retries).
+func sessionLimits(sessionTimeout, disconnectGrace, shutdownGrace time.Duration, retryLimit int) error {
+	switch {
+	case sessionTimeout <= 0:
+		return fmt.Errorf("--session-timeout=%s: must be positive", sessionTimeout)
+	case disconnectGrace <= 0:
+		return fmt.Errorf("--disconnect-grace=%s: must be positive", disconnectGrace)
+	case shutdownGrace < 0:
+		return fmt.Errorf("--shutdown-grace=%s: must not be negative", shutdownGrace)
+	case retryLimit < 0:
+		return fmt.Errorf("--retry-limit=%d: must not be negative (0: no retries)", retryLimit)
+	}
 	return nil
 }
 
