@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -167,7 +168,7 @@ func (s *Scheduler) readMessage(ctx context.Context, d digest.Digest, m proto.Me
 		if err != nil {
 			return rpcstatus.Wrap(err, "Failed to read %s %s", what, d)
 		}
-		b, err = io.ReadAll(io.LimitReader(r, d.Size+1))
+		b, err = readExactly(r, d.Size)
 		r.Close()
 		if err != nil {
 			return rpcstatus.Wrap(err, "Failed to read %s %s", what, d)
@@ -180,6 +181,18 @@ func (s *Scheduler) readMessage(ctx context.Context, d digest.Digest, m proto.Me
 		return status.Errorf(codes.InvalidArgument, "Blob %s is not a valid %s: %v", d, what, err)
 	}
 	return nil
+}
+
+// readExactly reads r to its end into one buffer of size bytes, allocated once (io.ReadAll
+// would start small and grow), and returns what it read: fewer bytes than size if r ends early,
+// size+1 if r holds more, so that the caller sees either as a wrong length.
+func readExactly(r io.Reader, size int64) ([]byte, error) {
+	b := make([]byte, size+1)
+	n, err := io.ReadFull(r, b)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = nil
+	}
+	return b[:n], err
 }
 
 // checkDirectory validates the entries of one input root directory.

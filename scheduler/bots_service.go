@@ -425,13 +425,13 @@ func leaseOutcome(rl *rwpb.Lease) (result *repb.ActionResult, st *spb.Status, re
 // leaseCompletedLocked handles a COMPLETED report of one of the session's current leases.
 func (s *Scheduler) leaseCompletedLocked(b *botSession, l *lease, rl *rwpb.Lease) *completion {
 	result, st, retry := leaseOutcome(rl)
-	cause := fmt.Sprintf("bot %s: %s: %s", b.botID, codes.Code(st.Code), st.Message)
+	cause := func() string { return fmt.Sprintf("bot %s: %s: %s", b.botID, codes.Code(st.Code), st.Message) }
 	switch {
 	case codes.Code(st.Code) == codes.Unavailable && b.status == rwpb.BotStatus_BOT_TERMINATING:
-		s.requeueLocked(l, requeueHandedBack, false, cause)
+		s.requeueLocked(l, requeueHandedBack, false, cause())
 		return nil
 	case retry:
-		s.requeueLocked(l, requeueRetry, true, cause)
+		s.requeueLocked(l, requeueRetry, true, cause())
 		return nil
 	case l.revoked || l.op.done || l.op.finishing:
 		return nil

@@ -7,7 +7,6 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -22,7 +21,8 @@ type completion struct {
 
 // acceptResultLocked accepts the result of lease l for its operation (first result wins): the
 // operation stops being queued or leased and is marked finishing. The returned completion must be
-// passed to finish.
+// passed to finish. result becomes the operation's (its execution metadata is filled in): pass
+// a message nothing else holds, as leaseOutcome returns.
 func (s *Scheduler) acceptResultLocked(l *lease, result *repb.ActionResult, st *spb.Status) *completion {
 	op := l.op
 	now := s.clk.Now()
@@ -36,9 +36,7 @@ func (s *Scheduler) acceptResultLocked(l *lease, result *repb.ActionResult, st *
 
 	if result == nil {
 		result = &repb.ActionResult{}
-	} else {
-		result = proto.Clone(result).(*repb.ActionResult)
-	}
+	} // Otherwise the caller's own, freshly decoded by leaseOutcome: filled in without a copy.
 	md := result.ExecutionMetadata
 	if md == nil {
 		md = &repb.ExecutedActionMetadata{}

@@ -306,10 +306,10 @@ func (s *Scheduler) lookup(ctx context.Context, name string) (*operation, error)
 func (s *Scheduler) watch(ctx context.Context, op *operation, name string, send func(*longrunningpb.Operation) error) error {
 	for {
 		s.mu.Lock()
-		p := op.proto(name)
+		v := op.view(name)
 		ch, done := op.changed, op.done || op.cancelled[name]
 		s.mu.Unlock()
-		if err := send(p); err != nil {
+		if err := send(v.proto()); err != nil {
 			return err
 		}
 		if done {

@@ -27,6 +27,11 @@ type metrics struct {
 	drainNotices    *prometheus.CounterVec
 	drainFinished   prometheus.Counter
 	workerSlots     *prometheus.GaugeVec
+
+	// The children of workers and workerSlots, resolved once: they are set whenever a lease
+	// is handed out or finished.
+	workersServing, workersDraining, workersUnavailable, workersGone prometheus.Gauge
+	slotsBusy, slotsIdle, slotsDraining                              prometheus.Gauge
 }
 
 // Slot states, the "state" label of buildfleet_scheduler_worker_slots.
@@ -81,9 +86,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Action slots of live bots by state: busy (leases of serving bots), idle (free capacity of serving bots), draining (leases still held by draining bots).",
 		}, []string{"state"}),
 	}
-	if reg == nil {
-		return m
+	if reg != nil {
+		m.register(reg)
 	}
+	m.workersServing = m.workers.WithLabelValues(WorkerServing)
+	m.workersDraining = m.workers.WithLabelValues(WorkerDraining)
+	m.workersUnavailable = m.workers.WithLabelValues(WorkerUnavailable)
+	m.workersGone = m.workers.WithLabelValues(WorkerGone)
+	m.slotsBusy = m.workerSlots.WithLabelValues(slotBusy)
+	m.slotsIdle = m.workerSlots.WithLabelValues(slotIdle)
+	m.slotsDraining = m.workerSlots.WithLabelValues(slotDraining)
+	return m
+}
+
+// register registers the collectors with reg, keeping those an earlier scheduler registered.
+func (m *metrics) register(reg prometheus.Registerer) {
 	m.queueDepth = register(reg, m.queueDepth)
 	m.workers = register(reg, m.workers)
 	m.leasesHanded = register(reg, m.leasesHanded)
@@ -94,7 +111,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.drainNotices = register(reg, m.drainNotices)
 	m.drainFinished = register(reg, m.drainFinished)
 	m.workerSlots = register(reg, m.workerSlots)
-	return m
 }
 
 // register registers c, returning the collector already registered in its place if any.

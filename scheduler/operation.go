@@ -75,25 +75,40 @@ func (op *operation) notify() {
 	op.changed = make(chan struct{})
 }
 
-// proto renders the operation under name.
-func (op *operation) proto(name string) *longrunningpb.Operation {
-	stage := op.stage
+// operationView is what an Operation message shows of an operation under one of its names,
+// copied under the scheduler's lock so that the message can be built (and its Any fields
+// marshalled) after the lock is released.
+type operationView struct {
+	name     string
+	action   digest.Digest
+	stage    repb.ExecutionStage_Value
+	done     bool
+	response *repb.ExecuteResponse // Not modified once published.
+}
+
+// view copies what op's Operation under name shows. Call with the scheduler's lock held.
+func (op *operation) view(name string) operationView {
+	v := operationView{name: name, action: op.action, stage: op.stage, done: op.done}
 	if op.done {
-		stage = repb.ExecutionStage_COMPLETED
+		v.stage = repb.ExecutionStage_COMPLETED
+		v.response = op.response
+	} else if op.cancelled[name] {
+		v.done = true
+		v.response = cancelledResponse(name)
 	}
+	return v
+}
+
+// proto renders the view as a longrunning Operation. It needs no lock.
+func (v operationView) proto() *longrunningpb.Operation {
 	md, _ := anypb.New(&repb.ExecuteOperationMetadata{
-		Stage:          stage,
-		ActionDigest:   op.action.Proto(),
+		Stage:          v.stage,
+		ActionDigest:   v.action.Proto(),
 		DigestFunction: repb.DigestFunction_SHA256,
 	})
-	p := &longrunningpb.Operation{Name: name, Metadata: md, Done: op.done}
-	resp := op.response
-	if !op.done && op.cancelled[name] {
-		p.Done = true
-		resp = cancelledResponse(name)
-	}
-	if p.Done && resp != nil {
-		a, _ := anypb.New(resp)
+	p := &longrunningpb.Operation{Name: v.name, Metadata: md, Done: v.done}
+	if v.done && v.response != nil {
+		a, _ := anypb.New(v.response)
 		p.Result = &longrunningpb.Operation_Response{Response: a}
 	}
 	return p

@@ -22,8 +22,9 @@ func (o *operationsService) GetOperation(ctx context.Context, req *longrunningpb
 		return nil, err
 	}
 	o.s.mu.Lock()
-	defer o.s.mu.Unlock()
-	return op.proto(req.Name), nil
+	v := op.view(req.Name)
+	o.s.mu.Unlock()
+	return v.proto(), nil
 }
 
 // WaitOperation waits until the operation is done, the request's timeout passes or the call's
@@ -50,8 +51,9 @@ func (o *operationsService) WaitOperation(ctx context.Context, req *longrunningp
 	}
 	for {
 		s.mu.Lock()
-		p, ch := op.proto(req.Name), op.changed
+		v, ch := op.view(req.Name), op.changed
 		s.mu.Unlock()
+		p := v.proto()
 		if p.Done {
 			return p, nil
 		}

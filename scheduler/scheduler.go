@@ -245,27 +245,28 @@ func (s *Scheduler) forgetOperationLocked(op *operation) {
 // updateWorkerGaugesLocked recomputes the workers-by-state and slots-by-state gauges.
 func (s *Scheduler) updateWorkerGaugesLocked() {
 	s.workersDirty = false
-	counts := map[string]float64{WorkerServing: 0, WorkerDraining: 0, WorkerUnavailable: 0, WorkerGone: 0}
-	slots := map[string]float64{slotBusy: 0, slotIdle: 0, slotDraining: 0}
+	var serving, draining, unavailable, busy, idle, drainingSlots int
 	for _, b := range s.sessions {
-		st := b.workerState()
-		counts[st]++
-		switch st {
+		switch b.workerState() {
 		case WorkerServing:
-			slots[slotBusy] += float64(len(b.leases))
-			slots[slotIdle] += float64(max(b.capacity-len(b.leases), 0))
+			serving++
+			busy += len(b.leases)
+			idle += max(b.capacity-len(b.leases), 0)
 		case WorkerDraining:
-			slots[slotDraining] += float64(len(b.leases))
-		default:
-			// Unhealthy or initializing bots keep their leases but take no new ones.
-			slots[slotBusy] += float64(len(b.leases))
+			draining++
+			drainingSlots += len(b.leases)
+		case WorkerUnavailable:
+			unavailable++
+			busy += len(b.leases) // Unhealthy or initializing bots keep their leases but take no new ones.
+		default: // A closed session (counted below from s.gone) with leases still attached.
+			busy += len(b.leases)
 		}
 	}
-	counts[WorkerGone] = float64(len(s.gone))
-	for st, n := range counts {
-		s.m.workers.WithLabelValues(st).Set(n)
-	}
-	for st, n := range slots {
-		s.m.workerSlots.WithLabelValues(st).Set(n)
-	}
+	s.m.workersServing.Set(float64(serving))
+	s.m.workersDraining.Set(float64(draining))
+	s.m.workersUnavailable.Set(float64(unavailable))
+	s.m.workersGone.Set(float64(len(s.gone)))
+	s.m.slotsBusy.Set(float64(busy))
+	s.m.slotsIdle.Set(float64(idle))
+	s.m.slotsDraining.Set(float64(drainingSlots))
 }

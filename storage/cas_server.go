@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/klauspost/compress/zstd"
@@ -29,7 +31,13 @@ const (
 	treePageTokenPrefix = "v2:"
 	// treePageTokenReserve is kept free in a GetTree page for its next_page_token.
 	treePageTokenReserve = 128
+	// maxPooledDigests bounds the digest slices FindMissingBlobs returns to its pool.
+	maxPooledDigests = 1 << 17
 )
+
+// digestSlices holds the slices FindMissingBlobs validates a request's digests into, so that a
+// call of tens of thousands of digests does not allocate (and zero) a new one every time.
+var digestSlices = sync.Pool{New: func() any { return new([]digest.Digest) }}
 
 // casServer implements the REAPI ContentAddressableStorage service over a BlobStore.
 type casServer struct {
@@ -60,7 +68,15 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 	if err := checkRequest(req.GetInstanceName(), req.GetDigestFunction()); err != nil {
 		return nil, err
 	}
-	ds := make([]digest.Digest, 0, len(req.GetBlobDigests()))
+	pooled := digestSlices.Get().(*[]digest.Digest)
+	ds := slices.Grow((*pooled)[:0], len(req.GetBlobDigests()))
+	defer func() {
+		if cap(ds) <= maxPooledDigests {
+			clear(ds) // Keep no hash string of this request alive in the pool.
+			*pooled = ds[:0]
+			digestSlices.Put(pooled)
+		}
+	}()
 	for _, p := range req.GetBlobDigests() {
 		d, err := digest.FromProto(p)
 		if err != nil {

@@ -152,3 +152,19 @@ func BenchmarkNew(b *testing.B) {
 		}
 	}
 }
+
+// TestNewAcceptsExactlyLowerHex puts every byte value at every position of a valid hash and
+// compares New's verdict with a byte-by-byte rule: the word-at-a-time check must not let a
+// neighbouring byte or a carry hide a bad one.
+func TestNewAcceptsExactlyLowerHex(t *testing.T) {
+	lowerHex := func(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' }
+	for pos := range digest.HashLength {
+		for c := range 256 {
+			h := []byte(helloHash)
+			h[pos] = byte(c)
+			if _, err := digest.New(string(h), 5); (err == nil) != lowerHex(byte(c)) {
+				t.Fatalf("New with byte %#x at %d: %v", c, pos, err)
+			}
+		}
+	}
+}
