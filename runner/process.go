@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,9 +127,36 @@ func (p *process) start(path string, stdout, stderr *os.File) (*exec.Cmd, error)
 	if err := cmd.Start(); err != nil {
 		var errno syscall.Errno
 		errors.As(err, &errno)
-		return nil, startError(p.argv[0], errno, err.Error())
+		msg := err.Error()
+		if errno == syscall.ENOENT {
+			msg += missingInterpreter(path)
+		}
+		return nil, startError(p.argv[0], errno, msg)
 	}
 	return cmd, nil
+}
+
+// missingInterpreter explains an ENOENT from exec of a file that exists: the kernel reports the
+// missing interpreter of a script (its #! line) as the script itself missing. It returns "" when
+// path does not exist or is not a script.
+func missingInterpreter(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var head [256]byte
+	n, _ := f.Read(head[:])
+	line, ok := strings.CutPrefix(string(head[:n]), "#!")
+	if !ok {
+		return ""
+	}
+	line, _, _ = strings.Cut(line, "\n")
+	fields := strings.Fields(line)
+	if len(fields) == 0 {
+		return " (the file exists, but its #! line names no interpreter)"
+	}
+	return fmt.Sprintf(" (the file exists: its #! interpreter %q does not)", fields[0])
 }
 
 // startError is the status of a command that could not be started: INVALID_ARGUMENT when the

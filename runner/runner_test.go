@@ -171,6 +171,19 @@ func TestRunArgv0Resolution(t *testing.T) {
 	checkStatus(t, err, status.New(codes.InvalidArgument, `Failed to start command: "notexec" not found in PATH bin`))
 }
 
+// A script whose #! interpreter is missing fails with ENOENT as if the script were: the status
+// names the interpreter.
+func TestRunScriptWithMissingInterpreter(t *testing.T) {
+	f := newFixture(t, nil)
+	inputs := map[string]entry{"s.sh": {content: "#!/no/such/interpreter -e\necho hi\n", exec: true}}
+	_, err := f.run(context.Background(), &repb.Command{Arguments: []string{"./s.sh"}}, inputs, 0)
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument ||
+		!strings.HasPrefix(st.Message(), `Failed to start command "./s.sh": fork/exec `) ||
+		!strings.HasSuffix(st.Message(), `: no such file or directory (the file exists: its #! interpreter "/no/such/interpreter" does not)`) {
+		t.Fatalf("script with a missing interpreter: %v", err)
+	}
+}
+
 func TestRunWorkingDirectory(t *testing.T) {
 	f := newFixture(t, nil)
 	cmd := shell(`pwd; cat in; echo o > out/o`, "out/o")
