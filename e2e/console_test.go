@@ -311,6 +311,11 @@ func TestConsoleInChromium(t *testing.T) {
 	if !strings.Contains(tl, victim) || !strings.Contains(tl, "signal") {
 		t.Errorf("preemption timeline row: %q", tl)
 	}
+	// It stopped calling once drained: its session closed after the disconnect grace, as
+	// drained, not when it expired.
+	if !strings.Contains(tl, "drained") {
+		t.Errorf("preemption timeline row %q: want the session ended as drained", tl)
+	}
 	b.shot("7-fleet-gone")
 	b.run("opening the queue page", 20*time.Second,
 		chromedp.Navigate(base+"/console/queue"), chromedp.WaitVisible(chromedp.CSS(`.chart`)))
