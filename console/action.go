@@ -350,7 +350,8 @@ type dirListing struct {
 	Err       string
 }
 
-// listDir reads directory d at path (relative to the input root).
+// listDir reads directory d at path (relative to the input root) and lists at most maxListed
+// of its entries.
 func (c *Console) listDir(ctx context.Context, d digest.Digest, p string) *dirListing {
 	l := &dirListing{Path: p}
 	var dir repb.Directory
@@ -358,13 +359,19 @@ func (c *Console) listDir(ctx context.Context, d digest.Digest, p string) *dirLi
 		l.Err = err.Error()
 		return l
 	}
+	l.Entries = entriesOf(&dir, p)
+	if len(l.Entries) > maxListed {
+		l.Entries, l.Truncated = l.Entries[:maxListed], true
+	}
+	return l
+}
+
+// entriesOf returns every entry of dir, at path p: directories first, then by name.
+func entriesOf(dir *repb.Directory, p string) []dirEntry {
+	var out []dirEntry
 	add := func(e dirEntry) {
-		if len(l.Entries) >= maxListed {
-			l.Truncated = true
-			return
-		}
 		e.Path = path.Join(p, e.Name)
-		l.Entries = append(l.Entries, e)
+		out = append(out, e)
 	}
 	for _, n := range dir.Directories {
 		dd, _ := digest.FromProto(n.Digest)
@@ -377,13 +384,24 @@ func (c *Console) listDir(ctx context.Context, d digest.Digest, p string) *dirLi
 	for _, n := range dir.Symlinks {
 		add(dirEntry{Name: n.Name, Symlink: n.Target})
 	}
-	sort.SliceStable(l.Entries, func(i, j int) bool {
-		if l.Entries[i].Dir != l.Entries[j].Dir {
-			return l.Entries[i].Dir
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Dir != out[j].Dir {
+			return out[i].Dir
 		}
-		return l.Entries[i].Name < l.Entries[j].Name
+		return out[i].Name < out[j].Name
 	})
-	return l
+	return out
+}
+
+// entryNamed finds the entry called name among all entries of dir (at path p), not only the
+// listed ones.
+func entryNamed(dir *repb.Directory, p, name string) (dirEntry, bool) {
+	for _, e := range entriesOf(dir, p) {
+		if e.Name == name {
+			return e, true
+		}
+	}
+	return dirEntry{}, false
 }
 
 // inputData is a page of an action's input root: a directory listing or a file.
@@ -424,24 +442,20 @@ func (c *Console) input(r *http.Request, v *viewer) view {
 		parts = strings.Split(p, "/")
 	}
 	for i, name := range parts {
-		l := c.listDir(ctx, cur, strings.Join(parts[:i], "/"))
-		if l.Err != "" {
-			return errorView(http.StatusNotFound, "Unreadable directory", l.Err)
+		// The whole Directory is searched: a listing shows only its first maxListed entries.
+		var dir repb.Directory
+		if err := c.readMessage(ctx, cur, &dir); err != nil {
+			return errorView(http.StatusNotFound, "Unreadable directory", err.Error())
 		}
 		d.Crumb = append(d.Crumb, crumb{Name: name, Path: strings.Join(parts[:i+1], "/")})
-		var found *dirEntry
-		for j := range l.Entries {
-			if l.Entries[j].Name == name {
-				found = &l.Entries[j]
-			}
-		}
+		found, ok := entryNamed(&dir, strings.Join(parts[:i], "/"), name)
 		switch {
-		case found == nil:
+		case !ok:
 			return errorView(http.StatusNotFound, "No such input", "The input root has no "+strings.Join(parts[:i+1], "/")+".")
 		case found.Dir:
 			cur = found.Digest
 		case i == len(parts)-1:
-			d.File = found
+			d.File = &found
 			if found.Symlink == "" {
 				d.Blob = c.readBlob(ctx, found.Digest)
 			}

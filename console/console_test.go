@@ -116,6 +116,33 @@ func TestPagesOfABuildWithAFailure(t *testing.T) {
 	}
 }
 
+// A directory listing shows its first 2000 entries, but every entry opens by its path, also
+// those past the listing (node_modules and site-packages directories are that large).
+func TestInputsPastTheListingOpenByPath(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	var files []*repb.FileNode
+	for i := range 2100 {
+		name := fmt.Sprintf("f%05d.txt", i)
+		files = append(files, &repb.FileNode{Name: name, Digest: e.put([]byte("contents of " + name)).Proto()})
+	}
+	big := e.putMessage(&repb.Directory{Files: files})
+	root := e.putMessage(&repb.Directory{Directories: []*repb.DirectoryNode{{Name: "node_modules", Digest: big.Proto()}}})
+	cmd := e.putMessage(&repb.Command{Arguments: []string{"/bin/true"}})
+	act := e.putMessage(&repb.Action{CommandDigest: cmd.Proto(), InputRootDigest: root.Proto()})
+	base := fmt.Sprintf("/console/actions/%s/%d/input/node_modules", act.Hash, act.Size)
+
+	dir := page(t, h, base)
+	contains(t, "large directory", dir, ">f01999.txt</a>", "Only the first 2000 entries are listed")
+	if strings.Contains(dir, "f02000.txt") {
+		t.Errorf("the listing shows more than 2000 entries")
+	}
+	contains(t, "entry past the listing", page(t, h, base+"/f02099.txt"), "contents of f02099.txt")
+	if rec := get(t, h, base+"/f02100.txt"); rec.Code != http.StatusNotFound {
+		t.Errorf("missing entry: %d, want 404", rec.Code)
+	}
+}
+
 // The live refresh gets only the main content, and a drain shows with its kind, reason and a
 // countdown to its deadline; once the session is closed the interruption lists its cost.
 func TestFleetShowsDrainCountdownAndTimeline(t *testing.T) {
