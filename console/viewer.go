@@ -130,32 +130,6 @@ func isLoopback(remoteAddr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// loopbackHost reports whether the Host header names a loopback host (localhost, 127.0.0.0/8,
-// [::1]) or the host of listen (the configured listen address), so that a page served to a
-// loopback caller was asked for by a loopback name, not by a DNS-rebound foreign one.
-func loopbackHost(host, listen string) bool {
-	name := host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		name = h
-	}
-	name = strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(name, "["), "]"), "."))
-	if name == "" {
-		return false
-	}
-	if name == "localhost" {
-		return true
-	}
-	if ip := net.ParseIP(name); ip != nil && ip.IsLoopback() {
-		return true
-	}
-	if lh, _, err := net.SplitHostPort(listen); err == nil && lh != "" {
-		lh = strings.ToLower(lh)
-		ip := net.ParseIP(lh)
-		return name == lh && (ip == nil || !ip.IsUnspecified())
-	}
-	return false
-}
-
 // bearerToken returns the token of a Bearer Authorization header ("" for none or another scheme).
 func bearerToken(r *http.Request) string {
 	scheme, rest, _ := strings.Cut(r.Header.Get("Authorization"), " ")
