@@ -143,6 +143,21 @@ func TestInputsPastTheListingOpenByPath(t *testing.T) {
 	}
 }
 
+// An invocation id is the client's choice: a very long one is clipped in the builds table (the
+// whole id stays in the link's title and address), so one client cannot push every build's
+// counts off-screen.
+func TestLongInvocationIDIsClipped(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	long := strings.Repeat("0123456789abcdef", 16) // the scheduler keeps 256 bytes of an id
+	e.execute("", e.putAction("/bin/true"), long, "Genrule", "//:x")
+	builds := page(t, h, "/console/builds")
+	contains(t, "builds page", builds, `title="`+long+`"`, `href="/console/builds/`+long+`"`, ">"+long[:63]+"…</a>")
+	if strings.Contains(builds, ">"+long+"<") {
+		t.Errorf("the builds table shows the whole %d-character invocation id", len(long))
+	}
+}
+
 // The live refresh gets only the main content, and a drain shows with its kind, reason and a
 // countdown to its deadline; once the session is closed the interruption lists its cost.
 func TestFleetShowsDrainCountdownAndTimeline(t *testing.T) {
