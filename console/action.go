@@ -3,6 +3,7 @@ package console
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -172,10 +173,15 @@ func (c *Console) readMessage(ctx context.Context, d digest.Digest, m proto.Mess
 		return fmt.Errorf("%s", blobError(d, err))
 	}
 	if err := proto.Unmarshal(b, m); err != nil {
-		return fmt.Errorf("blob %s does not decode as %s: %v", d, m.ProtoReflect().Descriptor().Name(), err)
+		return undecodableError{fmt.Sprintf("blob %s does not decode as %s: %v", d, m.ProtoReflect().Descriptor().Name(), err)}
 	}
 	return nil
 }
+
+// undecodableError is readMessage's error for a blob that is not the message asked for.
+type undecodableError struct{ msg string }
+
+func (e undecodableError) Error() string { return e.msg }
 
 // phase is one segment of an execution timeline.
 type phase struct {
@@ -295,8 +301,15 @@ func (c *Console) action(r *http.Request, v *viewer) view {
 		d.Timeline = timeline(res.ExecutionMetadata)
 	}
 	var act repb.Action
+	notAction := false
 	if err := c.readMessage(ctx, ref.Digest, &act); err != nil {
 		d.ActionErr = err.Error()
+		notAction = errors.As(err, new(undecodableError))
+	} else if act.CommandDigest == nil {
+		// Every Action names its Command; the empty blob and most other blobs decode as an
+		// empty or meaningless Action.
+		notAction = true
+		d.ActionErr = "Blob " + ref.Digest.String() + " is not an Action: it names no Command."
 	} else {
 		d.Action = &act
 		if cd, err := digest.FromProto(act.CommandDigest); err != nil {
@@ -314,6 +327,9 @@ func (c *Console) action(r *http.Request, v *viewer) view {
 		}
 	}
 	if len(d.Executions) == 0 && d.Result == nil && d.Action == nil {
+		if notAction {
+			return errorView(http.StatusNotFound, "Not an Action", d.ActionErr)
+		}
 		return errorView(http.StatusNotFound, "Unknown action", "Neither the scheduler, the action cache nor the CAS know action "+ref.Digest.String()+" in instance "+instanceLabel(ref.Instance)+".")
 	}
 	return view{template: "action", title: "Action " + shortDigest(ref.Digest), nav: "builds", live: d.Live, data: d}

@@ -143,7 +143,7 @@ func bearerToken(r *http.Request) string {
 // (403 otherwise; ServeHTTP has already refused foreign Host headers). With token files the
 // token comes from a Bearer Authorization header or else from the login session cookie (so a
 // basic-auth proxy's header does not hide it); a page request without a valid one is sent to the
-// login form, any other gets 401.
+// login form, any other gets 401; a known token without read permission gets 403.
 func (c *Console) authenticate(w http.ResponseWriter, r *http.Request) (*viewer, bool) {
 	a := c.opts.Auth
 	if a == nil || !a.Enabled() {
@@ -167,8 +167,14 @@ func (c *Console) authenticate(w http.ResponseWriter, r *http.Request) (*viewer,
 		}
 	}
 	if token != "" {
-		if id, ok := a.Authenticate(token); ok && mayReadSomething(id) {
+		id, ok := a.Authenticate(token)
+		if ok && mayReadSomething(id) {
 			return &viewer{id: id, viaCookie: viaCookie}, true
+		}
+		if ok {
+			// A known token (an execute-only client token, a worker token) that may not read.
+			http.Error(w, "This token has no read permission on any instance name.", http.StatusForbidden)
+			return nil, false
 		}
 	}
 	if r.Header.Get("X-Console-Partial") != "" || bearerToken(r) != "" {
