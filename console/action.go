@@ -3,6 +3,7 @@ package console
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -172,10 +173,15 @@ func (c *Console) readMessage(ctx context.Context, d digest.Digest, m proto.Mess
 		return fmt.Errorf("%s", blobError(d, err))
 	}
 	if err := proto.Unmarshal(b, m); err != nil {
-		return fmt.Errorf("blob %s does not decode as %s: %v", d, m.ProtoReflect().Descriptor().Name(), err)
+		return undecodableError{fmt.Sprintf("blob %s does not decode as %s: %v", d, m.ProtoReflect().Descriptor().Name(), err)}
 	}
 	return nil
 }
+
+// undecodableError is readMessage's error for a blob that is not the message asked for.
+type undecodableError struct{ msg string }
+
+func (e undecodableError) Error() string { return e.msg }
 
 // phase is one segment of an execution timeline.
 type phase struct {
@@ -295,8 +301,15 @@ func (c *Console) action(r *http.Request, v *viewer) view {
 		d.Timeline = timeline(res.ExecutionMetadata)
 	}
 	var act repb.Action
+	notAction := false
 	if err := c.readMessage(ctx, ref.Digest, &act); err != nil {
 		d.ActionErr = err.Error()
+		notAction = errors.As(err, new(undecodableError))
+	} else if act.CommandDigest == nil {
+		// Every Action names its Command; the empty blob and most other blobs decode as an
+		// empty or meaningless Action.
+		notAction = true
+		d.ActionErr = "Blob " + ref.Digest.String() + " is not an Action: it names no Command."
 	} else {
 		d.Action = &act
 		if cd, err := digest.FromProto(act.CommandDigest); err != nil {
@@ -314,6 +327,9 @@ func (c *Console) action(r *http.Request, v *viewer) view {
 		}
 	}
 	if len(d.Executions) == 0 && d.Result == nil && d.Action == nil {
+		if notAction {
+			return errorView(http.StatusNotFound, "Not an Action", d.ActionErr)
+		}
 		return errorView(http.StatusNotFound, "Unknown action", "Neither the scheduler, the action cache nor the CAS know action "+ref.Digest.String()+" in instance "+instanceLabel(ref.Instance)+".")
 	}
 	return view{template: "action", title: "Action " + shortDigest(ref.Digest), nav: "builds", live: d.Live, data: d}
@@ -350,7 +366,8 @@ type dirListing struct {
 	Err       string
 }
 
-// listDir reads directory d at path (relative to the input root).
+// listDir reads directory d at path (relative to the input root) and lists at most maxListed
+// of its entries.
 func (c *Console) listDir(ctx context.Context, d digest.Digest, p string) *dirListing {
 	l := &dirListing{Path: p}
 	var dir repb.Directory
@@ -358,13 +375,19 @@ func (c *Console) listDir(ctx context.Context, d digest.Digest, p string) *dirLi
 		l.Err = err.Error()
 		return l
 	}
+	l.Entries = entriesOf(&dir, p)
+	if len(l.Entries) > maxListed {
+		l.Entries, l.Truncated = l.Entries[:maxListed], true
+	}
+	return l
+}
+
+// entriesOf returns every entry of dir, at path p: directories first, then by name.
+func entriesOf(dir *repb.Directory, p string) []dirEntry {
+	var out []dirEntry
 	add := func(e dirEntry) {
-		if len(l.Entries) >= maxListed {
-			l.Truncated = true
-			return
-		}
 		e.Path = path.Join(p, e.Name)
-		l.Entries = append(l.Entries, e)
+		out = append(out, e)
 	}
 	for _, n := range dir.Directories {
 		dd, _ := digest.FromProto(n.Digest)
@@ -377,13 +400,24 @@ func (c *Console) listDir(ctx context.Context, d digest.Digest, p string) *dirLi
 	for _, n := range dir.Symlinks {
 		add(dirEntry{Name: n.Name, Symlink: n.Target})
 	}
-	sort.SliceStable(l.Entries, func(i, j int) bool {
-		if l.Entries[i].Dir != l.Entries[j].Dir {
-			return l.Entries[i].Dir
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Dir != out[j].Dir {
+			return out[i].Dir
 		}
-		return l.Entries[i].Name < l.Entries[j].Name
+		return out[i].Name < out[j].Name
 	})
-	return l
+	return out
+}
+
+// entryNamed finds the entry called name among all entries of dir (at path p), not only the
+// listed ones.
+func entryNamed(dir *repb.Directory, p, name string) (dirEntry, bool) {
+	for _, e := range entriesOf(dir, p) {
+		if e.Name == name {
+			return e, true
+		}
+	}
+	return dirEntry{}, false
 }
 
 // inputData is a page of an action's input root: a directory listing or a file.
@@ -424,24 +458,20 @@ func (c *Console) input(r *http.Request, v *viewer) view {
 		parts = strings.Split(p, "/")
 	}
 	for i, name := range parts {
-		l := c.listDir(ctx, cur, strings.Join(parts[:i], "/"))
-		if l.Err != "" {
-			return errorView(http.StatusNotFound, "Unreadable directory", l.Err)
+		// The whole Directory is searched: a listing shows only its first maxListed entries.
+		var dir repb.Directory
+		if err := c.readMessage(ctx, cur, &dir); err != nil {
+			return errorView(http.StatusNotFound, "Unreadable directory", err.Error())
 		}
 		d.Crumb = append(d.Crumb, crumb{Name: name, Path: strings.Join(parts[:i+1], "/")})
-		var found *dirEntry
-		for j := range l.Entries {
-			if l.Entries[j].Name == name {
-				found = &l.Entries[j]
-			}
-		}
+		found, ok := entryNamed(&dir, strings.Join(parts[:i], "/"), name)
 		switch {
-		case found == nil:
+		case !ok:
 			return errorView(http.StatusNotFound, "No such input", "The input root has no "+strings.Join(parts[:i+1], "/")+".")
 		case found.Dir:
 			cur = found.Digest
 		case i == len(parts)-1:
-			d.File = found
+			d.File = &found
 			if found.Symlink == "" {
 				d.Blob = c.readBlob(ctx, found.Digest)
 			}

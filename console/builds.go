@@ -15,6 +15,10 @@ type buildRow struct {
 	Instances []string
 }
 
+// FailedOnWorkers is how many of the failed executions ran on a worker (the others failed
+// before: no worker for their platform, missing inputs).
+func (b buildRow) FailedOnWorkers() int { return b.Total.Remote - b.Total.Succeeded }
+
 // visibleBuild returns the part of b the viewer may read, and false if that is nothing.
 func visibleBuild(b scheduler.BuildSummary, v *viewer) (buildRow, bool) {
 	row := buildRow{BuildSummary: b}

@@ -88,7 +88,7 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
-	if a := c.opts.Auth; (a == nil || !a.Enabled()) && !loopbackHost(r.Host, c.opts.ListenAddr) {
+	if a := c.opts.Auth; (a == nil || !a.Enabled()) && !auth.IsLoopbackHost(r.Host, c.opts.ListenAddr) {
 		// Without tokens the caller's address is the only check: a DNS-rebound name pointing at
 		// 127.0.0.1 would pass it, so the name asked for must be a loopback one too.
 		http.Error(w, "Misdirected request: with no token files the console answers only to a loopback Host (localhost, 127.0.0.1, [::1]) or the --metrics-listen address, not "+r.Host+".", http.StatusMisdirectedRequest)

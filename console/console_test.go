@@ -70,12 +70,12 @@ func TestPagesOfABuildWithAFailure(t *testing.T) {
 	contains(t, "builds page", builds, `href="/console/builds/inv-1"`, `href="/console/builds/inv-2"`, "bazel 4.2.3")
 	row := builds[strings.Index(builds, `data-build="inv-1"`):]
 	row = row[:strings.Index(row, "</tr>")]
-	contains(t, "inv-1 row", row, `c-remote">2<`, `c-cached">0<`, `c-failed"><strong>1</strong>`)
+	contains(t, "inv-1 row", row, `c-remote">1<`, `c-cached">0<`, `c-failed"><strong>1</strong>`)
 	row2 := builds[strings.Index(builds, `data-build="inv-2"`):]
 	contains(t, "inv-2 row", row2[:strings.Index(row2, "</tr>")], `c-remote">0<`, `c-cached">1<`)
 
 	build := page(t, h, "/console/builds/inv-1")
-	contains(t, "build page", build, `id="c-remote">2<`, `id="c-failed">1<`, "Failures", "CppCompile", "//app:main", "Slowest actions")
+	contains(t, "build page", build, `id="c-remote">1<`, `id="c-failed">1<`, "(1 ran on a worker)", "Failures", "CppCompile", "//app:main", "Slowest actions")
 	if f, a := strings.Index(build, "Failures"), strings.Index(build, "All finished actions"); f < 0 || a < f {
 		t.Errorf("failures are not listed first")
 	}
@@ -113,6 +113,77 @@ func TestPagesOfABuildWithAFailure(t *testing.T) {
 	}
 	if rec := get(t, h, fmt.Sprintf("/console/actions/%s/%d/input/nope", bad.Hash, bad.Size)); rec.Code != http.StatusNotFound {
 		t.Errorf("missing input path: %d, want 404", rec.Code)
+	}
+}
+
+// A directory listing shows its first 2000 entries, but every entry opens by its path, also
+// those past the listing (node_modules and site-packages directories are that large).
+func TestInputsPastTheListingOpenByPath(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	var files []*repb.FileNode
+	for i := range 2100 {
+		name := fmt.Sprintf("f%05d.txt", i)
+		files = append(files, &repb.FileNode{Name: name, Digest: e.put([]byte("contents of " + name)).Proto()})
+	}
+	big := e.putMessage(&repb.Directory{Files: files})
+	root := e.putMessage(&repb.Directory{Directories: []*repb.DirectoryNode{{Name: "node_modules", Digest: big.Proto()}}})
+	cmd := e.putMessage(&repb.Command{Arguments: []string{"/bin/true"}})
+	act := e.putMessage(&repb.Action{CommandDigest: cmd.Proto(), InputRootDigest: root.Proto()})
+	base := fmt.Sprintf("/console/actions/%s/%d/input/node_modules", act.Hash, act.Size)
+
+	dir := page(t, h, base)
+	contains(t, "large directory", dir, ">f01999.txt</a>", "Only the first 2000 entries are listed")
+	if strings.Contains(dir, "f02000.txt") {
+		t.Errorf("the listing shows more than 2000 entries")
+	}
+	contains(t, "entry past the listing", page(t, h, base+"/f02099.txt"), "contents of f02099.txt")
+	if rec := get(t, h, base+"/f02100.txt"); rec.Code != http.StatusNotFound {
+		t.Errorf("missing entry: %d, want 404", rec.Code)
+	}
+}
+
+// An invocation id is the client's choice: a very long one is clipped in the builds table (the
+// whole id stays in the link's title and address), so one client cannot push every build's
+// counts off-screen.
+func TestLongInvocationIDIsClipped(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	long := strings.Repeat("0123456789abcdef", 16) // the scheduler keeps 256 bytes of an id
+	e.execute("", e.putAction("/bin/true"), long, "Genrule", "//:x")
+	builds := page(t, h, "/console/builds")
+	contains(t, "builds page", builds, `title="`+long+`"`, `href="/console/builds/`+long+`"`, ">"+long[:63]+"…</a>")
+	if strings.Contains(builds, ">"+long+"<") {
+		t.Errorf("the builds table shows the whole %d-character invocation id", len(long))
+	}
+}
+
+// An action that never ran (no worker for its platform: FAILED_PRECONDITION) has no exit code:
+// its build and action pages show "—" and its status, not exit code 0.
+func TestActionThatNeverRanHasNoExitCode(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	d := e.putAction("/bin/true")
+	s := e.execute("", d, "inv-nowhere", "Genrule", "//:nowhere")
+	e.clk.Advance(10 * time.Minute)
+	drain(t, s)
+	build := page(t, h, "/console/builds/inv-nowhere")
+	contains(t, "build page", build, `<td class="num exit"><span class="muted" title="no result">—</span></td>`, "FailedPrecondition")
+	action := page(t, h, fmt.Sprintf("/console/actions/%s/%d", d.Hash, d.Size))
+	contains(t, "action page", action, `id="exit-code">—<`, "no exit code")
+}
+
+// A digest that is in the CAS but not an Action (the empty blob, a source file) is said to be
+// no Action, not shown as an empty Action page.
+func TestBlobThatIsNotAnAction(t *testing.T) {
+	e := newEnv(t)
+	h := e.console(nil)
+	notes := e.put([]byte("just some notes\n"))
+	for _, d := range []digest.Digest{digest.FromBytes(nil), notes} {
+		rec := get(t, h, fmt.Sprintf("/console/actions/%s/%d", d.Hash, d.Size))
+		if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "Not an Action") {
+			t.Errorf("action page of blob %s: %d %.300q, want 404 not an Action", d, rec.Code, rec.Body)
+		}
 	}
 }
 
@@ -238,9 +309,12 @@ func TestTokensDecideWhatIsShown(t *testing.T) {
 		t.Fatalf("no token, live refresh: %d, want 401", rec.Code)
 	}
 	// Non-loopback callers are served when tokens are on.
-	for _, tok := range []string{"wrong-token-0123456789abcdefghijkl", execOnly, "worker-token-0123456789abcdefghijkl"} {
-		if rec := get(t, h, "/console/builds", "Authorization", "Bearer "+tok); rec.Code != http.StatusUnauthorized {
-			t.Errorf("token %.12s…: %d, want 401", tok, rec.Code)
+	// An unknown token is 401; a known one without read permission (execute-only, a worker's)
+	// is 403.
+	for tok, want := range map[string]int{"wrong-token-0123456789abcdefghijkl": http.StatusUnauthorized,
+		execOnly: http.StatusForbidden, "worker-token-0123456789abcdefghijkl": http.StatusForbidden} {
+		if rec := get(t, h, "/console/builds", "Authorization", "Bearer "+tok); rec.Code != want {
+			t.Errorf("token %.12s…: %d, want %d", tok, rec.Code, want)
 		}
 	}
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -22,6 +23,7 @@ var funcs = template.FuncMap{
 	"clock":     func(t time.Time) string { return localClock(t) },
 	"bytes":     humanBytes,
 	"short":     shortDigest,
+	"clip":      clip,
 	"actionURL": actionURL,
 	"buildURL":  buildURL,
 	"workerURL": func(bot string) string { return "/console/workers/" + url.PathEscape(bot) },
@@ -116,6 +118,18 @@ func shortDigest(d digest.Digest) string {
 		return d.Hash[:12]
 	}
 	return d.Hash
+}
+
+// maxClipRunes is how much of a client-chosen id (a tool invocation id) a table cell shows.
+const maxClipRunes = 64
+
+// clip shortens s to maxClipRunes runes, the last one "…", so that a long id sent by one client
+// does not widen a table for everyone (the whole id goes in the cell's title and link).
+func clip(s string) string {
+	if utf8.RuneCountInString(s) <= maxClipRunes {
+		return s
+	}
+	return string([]rune(s)[:maxClipRunes-1]) + "…"
 }
 
 // withInstance appends ?instance= to u when instance is not empty.

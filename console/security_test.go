@@ -3,6 +3,7 @@ package console_test
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,6 +151,27 @@ func TestSessionsAreOpaqueAndEnd(t *testing.T) {
 	}
 	if signedIn(c3) {
 		t.Error("session of a revoked token came back when the token was restored")
+	}
+}
+
+// The login form says what to paste (the token alone: the first field of a line of the client
+// tokens file) and what the cookie holds (a random session id, never the token; 12 hours), as
+// the README does, and what it says holds.
+func TestLoginFormSaysWhatToPasteAndWhatTheCookieHolds(t *testing.T) {
+	e := newEnv(t)
+	h, _ := e.tokenConsole(readToken + " * read\n")
+	form := page(t, h, "/console/login")
+	contains(t, "login form", form, "the first field", "session id, never the token", "12 hours")
+	if strings.Contains(form, "token is kept in a cookie") || strings.Contains(form, "(a line of the scheduler") {
+		t.Errorf("the login form still says the cookie keeps the token, or to paste a whole line")
+	}
+	if rec := post(t, h, "/console/login", "token="+url.QueryEscape(readToken+" * read")); rec.Code != http.StatusUnauthorized {
+		t.Errorf("a whole line of the token file signed in: %d", rec.Code)
+	}
+	rec := post(t, h, "/console/login", "token="+readToken)
+	ck := rec.Result().Cookies()
+	if len(ck) != 1 || strings.Contains(ck[0].Value, readToken) || ck[0].MaxAge != int((12*time.Hour).Seconds()) {
+		t.Errorf("login cookie %+v: want a session id kept 12 hours", ck)
 	}
 }
 

@@ -130,32 +130,6 @@ func isLoopback(remoteAddr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// loopbackHost reports whether the Host header names a loopback host (localhost, 127.0.0.0/8,
-// [::1]) or the host of listen (the configured listen address), so that a page served to a
-// loopback caller was asked for by a loopback name, not by a DNS-rebound foreign one.
-func loopbackHost(host, listen string) bool {
-	name := host
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		name = h
-	}
-	name = strings.ToLower(strings.TrimSuffix(strings.TrimSuffix(strings.TrimPrefix(name, "["), "]"), "."))
-	if name == "" {
-		return false
-	}
-	if name == "localhost" {
-		return true
-	}
-	if ip := net.ParseIP(name); ip != nil && ip.IsLoopback() {
-		return true
-	}
-	if lh, _, err := net.SplitHostPort(listen); err == nil && lh != "" {
-		lh = strings.ToLower(lh)
-		ip := net.ParseIP(lh)
-		return name == lh && (ip == nil || !ip.IsUnspecified())
-	}
-	return false
-}
-
 // bearerToken returns the token of a Bearer Authorization header ("" for none or another scheme).
 func bearerToken(r *http.Request) string {
 	scheme, rest, _ := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -169,7 +143,7 @@ func bearerToken(r *http.Request) string {
 // (403 otherwise; ServeHTTP has already refused foreign Host headers). With token files the
 // token comes from a Bearer Authorization header or else from the login session cookie (so a
 // basic-auth proxy's header does not hide it); a page request without a valid one is sent to the
-// login form, any other gets 401.
+// login form, any other gets 401; a known token without read permission gets 403.
 func (c *Console) authenticate(w http.ResponseWriter, r *http.Request) (*viewer, bool) {
 	a := c.opts.Auth
 	if a == nil || !a.Enabled() {
@@ -193,8 +167,14 @@ func (c *Console) authenticate(w http.ResponseWriter, r *http.Request) (*viewer,
 		}
 	}
 	if token != "" {
-		if id, ok := a.Authenticate(token); ok && mayReadSomething(id) {
+		id, ok := a.Authenticate(token)
+		if ok && mayReadSomething(id) {
 			return &viewer{id: id, viaCookie: viaCookie}, true
+		}
+		if ok {
+			// A known token (an execute-only client token, a worker token) that may not read.
+			http.Error(w, "This token has no read permission on any instance name.", http.StatusForbidden)
+			return nil, false
 		}
 	}
 	if r.Header.Get("X-Console-Partial") != "" || bearerToken(r) != "" {

@@ -246,7 +246,7 @@ func (b *buildRecord) add(r ExecutionRecord, c BuildCounts) {
 	b.summary.Counts[inst] = cur
 	s := ActionSummary{
 		Instance: r.Instance, Action: r.Action, Mnemonic: r.Metadata.GetActionMnemonic(),
-		TargetID: r.Metadata.GetTargetId(), Outcome: r.Outcome, ExitCode: r.ExitCode, StatusCode: r.StatusCode,
+		TargetID: r.Metadata.GetTargetId(), Outcome: r.Outcome, ExitCode: r.ExitCode, HasResult: r.Result != nil, StatusCode: r.StatusCode,
 		Worker: r.Worker, Attempts: r.Attempts, CompletedAt: r.CompletedAt, Duration: r.Duration(),
 	}
 	if len(b.actions) < maxBuildActions {

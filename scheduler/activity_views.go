@@ -122,12 +122,15 @@ type BuildSummary struct {
 
 // ActionSummary is a finished execution as a build lists it.
 type ActionSummary struct {
-	Instance    string
-	Action      digest.Digest
-	Mnemonic    string
-	TargetID    string
-	Outcome     string
-	ExitCode    int32
+	Instance string
+	Action   digest.Digest
+	Mnemonic string
+	TargetID string
+	Outcome  string
+	ExitCode int32
+	// HasResult reports whether the execution ended with an ActionResult: ExitCode means
+	// nothing without one (e.g. FAILED_PRECONDITION before any worker ran it).
+	HasResult   bool
 	StatusCode  codes.Code
 	Worker      string
 	Attempts    int

@@ -33,6 +33,9 @@ type botSession struct {
 	calls int
 	// callGen numbers the session's UpdateBotSession calls in the order they arrived.
 	callGen uint64
+	// latestMayHangUp is set when the latest call (callGen) ended in a way after which the bot
+	// may not call again (see endCallLocked).
+	latestMayHangUp bool
 	// waitingSince is set while a call is held waiting for work (zero otherwise).
 	waitingSince time.Time
 	// wake is closed and replaced when a held call should look again.

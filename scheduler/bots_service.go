@@ -140,20 +140,14 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 	}()
 	for {
 		if b.gone {
-			b.calls--
-			b.stopWaitingIfIdle()
+			s.endCallLocked(b, gen, false)
 			s.leave()
 			return nil, status.Errorf(codes.FailedPrecondition, "Bot session %s was closed; open a new one", b.name)
 		}
 		if err := abandoned(ctx, b, gen); err != nil {
-			b.calls--
-			b.stopWaitingIfIdle()
-			if b.calls == 0 && b.callGen == gen && errors.Is(ctx.Err(), context.Canceled) {
-				// The bot cancelled its last call or its connection closed: a live bot calls
-				// again at once; a dead one never does, and its leases need not wait for the
-				// session to expire.
-				s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.DisconnectGrace), kind: sessionDisconnect, session: b, gen: gen})
-			}
+			// The bot cancelled its last call or its connection closed: a live bot calls again at
+			// once; a dead one never does, and its leases need not wait for the session to expire.
+			s.endCallLocked(b, gen, errors.Is(ctx.Err(), context.Canceled))
 			s.leave()
 			return nil, err
 		}
@@ -161,15 +155,11 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 			news = true
 		}
 		if news || waited || hold <= 0 || s.closed {
-			b.calls--
-			b.stopWaitingIfIdle()
 			reply := s.replyLocked(b)
-			if b.calls == 0 && b.status == rwpb.BotStatus_BOT_TERMINATING && len(b.leases) == 0 {
-				// A drained worker exits after this reply (it has nothing left to report): if
-				// it does not call again within the disconnect grace, its session is closed
-				// now rather than when it expires.
-				s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.DisconnectGrace), kind: sessionDisconnect, session: b, gen: gen})
-			}
+			// A drained worker exits after this reply (it has nothing left to report): if it
+			// does not call again within the disconnect grace, its session is closed then rather
+			// than when it expires.
+			s.endCallLocked(b, gen, b.status == rwpb.BotStatus_BOT_TERMINATING && len(b.leases) == 0)
 			s.leave()
 			return reply, nil
 		}
@@ -191,6 +181,23 @@ func (bs *botsService) UpdateBotSession(ctx context.Context, req *rwpb.UpdateBot
 			waited = true
 		}
 		s.enter()
+	}
+}
+
+// endCallLocked ends call gen of session b. mayHangUp tells whether the bot may not call again
+// after that call: it cancelled the call (its process may have died), or the reply told it it
+// is drained. Calls overlap when a bot gives up on a held call and calls again before the
+// scheduler has seen the first one end, so the latest call to arrive need not be the last to
+// end: the disconnect deadline is armed when the last call in progress ends, on how the latest
+// call ended.
+func (s *Scheduler) endCallLocked(b *botSession, gen uint64, mayHangUp bool) {
+	b.calls--
+	b.stopWaitingIfIdle()
+	if gen == b.callGen {
+		b.latestMayHangUp = mayHangUp
+	}
+	if b.calls == 0 && b.latestMayHangUp {
+		s.deadlines.add(deadline{at: s.clk.Now().Add(s.cfg.DisconnectGrace), kind: sessionDisconnect, session: b, gen: b.callGen})
 	}
 }
 

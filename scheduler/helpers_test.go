@@ -118,6 +118,8 @@ func (c *memCAS) delete(d digest.Digest) {
 type memAC struct {
 	mu      sync.Mutex
 	results map[string]*repb.ActionResult
+	// gate, when set, is called by Put before it stores anything (see holdPuts).
+	gate func()
 }
 
 func newMemAC() *memAC { return &memAC{results: map[string]*repb.ActionResult{}} }
@@ -134,9 +136,28 @@ func (a *memAC) Get(ctx context.Context, instance string, d digest.Digest) (*rep
 
 func (a *memAC) Put(ctx context.Context, instance string, d digest.Digest, r *repb.ActionResult) error {
 	a.mu.Lock()
+	gate := a.gate
+	a.mu.Unlock()
+	if gate != nil {
+		gate()
+	}
+	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.results[instance+"|"+d.String()] = proto.Clone(r).(*repb.ActionResult)
 	return nil
+}
+
+// holdPuts makes every Put wait until release is called; entered is closed once one waits.
+func (a *memAC) holdPuts() (entered <-chan struct{}, release func()) {
+	in, out := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	a.mu.Lock()
+	a.gate = func() {
+		once.Do(func() { close(in) })
+		<-out
+	}
+	a.mu.Unlock()
+	return in, func() { close(out) }
 }
 
 func (a *memAC) get(instance string, d digest.Digest) *repb.ActionResult {

@@ -11,14 +11,11 @@ METRICS="${BUILDFLEET_METRICS_LISTEN:-127.0.0.1:9090}"
 mkdir -p "$DATA"
 
 # Pants' __pants_wrapper__ writes its append-only caches under this path on the worker; it must
-# match remote_execution_append_only_caches_base_path in pants.toml.
-CACHES="${BUILDFLEET_APPEND_ONLY_CACHES_BASE_PATH:-/toolchain/caches}"
-if ! mkdir -p "$CACHES" 2>/dev/null || [ ! -w "$CACHES" ]; then
-  CACHES="$DATA/caches"
-  mkdir -p "$CACHES"
-  echo "note: /toolchain/caches is not writable here; the local worker uses $CACHES," >&2
-  echo "      so set remote_execution_append_only_caches_base_path = \"$CACHES\" in pants.toml" >&2
-fi
+# match remote_execution_append_only_caches_base_path in pants.toml, which the scheduler's banner
+# prints. It stays under $DATA like everything else of this script (a fleet's workers use
+# /toolchain/caches, Pants' default).
+CACHES="${BUILDFLEET_APPEND_ONLY_CACHES_BASE_PATH:-$DATA/caches}"
+mkdir -p "$CACHES"
 
 pids=()
 cleanup() {
@@ -33,7 +30,8 @@ trap cleanup INT TERM EXIT
 
 # Each process gets its own session, so Ctrl-C reaches only this script, which stops the worker
 # first (it drains while the scheduler can still take its results) and the scheduler last.
-setsid "$BIN/scheduler" --listen="$LISTEN" --metrics-listen="$METRICS" --storage-dir="$DATA/scheduler" &
+setsid "$BIN/scheduler" --listen="$LISTEN" --metrics-listen="$METRICS" --storage-dir="$DATA/scheduler" \
+  --workers-append-only-caches-base-path="$CACHES" &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -fsS "http://$METRICS/healthz" >/dev/null 2>&1 && break

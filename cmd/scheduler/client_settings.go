@@ -18,7 +18,14 @@ type clientSettings struct {
 	tls, tokens bool
 	// console is the HTTP address of the web console ("" when off).
 	console string
+	// caches is the workers' --append-only-caches-base-path, which Pants must be told
+	// (defaultAppendOnlyCaches when "").
+	caches string
 }
+
+// defaultAppendOnlyCaches is the workers' default --append-only-caches-base-path, the path Pants
+// expects by default.
+const defaultAppendOnlyCaches = "/toolchain/caches"
 
 // printClientSettings writes the .bazelrc and pants.toml lines that point Bazel and Pants at
 // the scheduler (at its public address when given; for a replica without one, at a LOAD_BALANCER
@@ -36,7 +43,10 @@ func printClientSettings(w io.Writer, c clientSettings) {
 	case c.ha:
 		addr = "LOAD_BALANCER:" + port
 	}
-	tls, tokens, console := c.tls, c.tokens, c.console
+	tls, tokens, console, caches := c.tls, c.tokens, c.console, c.caches
+	if caches == "" {
+		caches = defaultAppendOnlyCaches
+	}
 	scheme := "grpc"
 	if tls {
 		scheme = "grpcs"
@@ -72,10 +82,10 @@ remote_cache_write = true
 remote_store_address = "%[1]s"
 remote_execution_address = "%[1]s"
 remote_instance_name = "main"
-remote_execution_append_only_caches_base_path = "/toolchain/caches"
+remote_execution_append_only_caches_base_path = %[3]q
 process_execution_remote_parallelism = 64
 # Pants 2.16+ also needs a remote_environment target: see the README.
-`, url, head)
+`, url, head, caches)
 	if console != "" {
 		if h, p, err := net.SplitHostPort(console); err == nil && (h == "" || h == "0.0.0.0" || h == "::") {
 			console = net.JoinHostPort("127.0.0.1", p)

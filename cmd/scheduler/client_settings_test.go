@@ -53,3 +53,19 @@ func TestClientSettingsOfAReplicaNameTheLoadBalancer(t *testing.T) {
 		t.Errorf("single-process banner with --public-address:\n%s", out)
 	}
 }
+
+// The banner's Pants settings name the workers' append-only caches path: /toolchain/caches,
+// what Pants and the workers default to, unless the scheduler is told another (make run keeps
+// it under ./buildfleet-data).
+func TestClientSettingsNameTheWorkersCachesPath(t *testing.T) {
+	for caches, want := range map[string]string{
+		"":                                    "remote_execution_append_only_caches_base_path = \"/toolchain/caches\"\n",
+		"/home/me/src/buildfleet-data/caches": "remote_execution_append_only_caches_base_path = \"/home/me/src/buildfleet-data/caches\"\n",
+	} {
+		var b strings.Builder
+		printClientSettings(&b, clientSettings{listen: "127.0.0.1:8980", caches: caches})
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("caches %q: banner lacks %q:\n%s", caches, want, b.String())
+		}
+	}
+}

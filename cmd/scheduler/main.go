@@ -83,6 +83,7 @@ func run(args []string) error {
 	clientTokens := fs.String("client-tokens-file", "", "client token grants, one 'TOKEN INSTANCE_PATTERN PERMISSIONS' a line; reloaded on SIGHUP")
 	workerTokens := fs.String("worker-tokens-file", "", "worker tokens, one a line; reloaded on SIGHUP")
 	publicAddr := fs.String("public-address", "", "address clients and workers use to reach the scheduler (HOST:PORT, or a grpc:// or grpcs:// URL), printed in the start-up banner's Bazel and Pants settings; with --ha=etcd, the load balancer's")
+	workerCaches := fs.String("workers-append-only-caches-base-path", defaultAppendOnlyCaches, "the workers' --append-only-caches-base-path, printed in the start-up banner's Pants settings (remote_execution_append_only_caches_base_path)")
 	insecureRemote := fs.Bool("insecure-allow-remote", false, "serve a non-loopback --listen address with no token files (anyone who reaches it can run commands)")
 	objectStore := registerObjectStoreFlags(fs)
 	ha := registerHAFlags(fs)
@@ -304,7 +305,7 @@ func run(args []string) error {
 		logger.Info().Str("url", "http://"+consoleAddr+"/console/").Msg("web console serving")
 	}
 	printClientSettings(os.Stdout, clientSettings{listen: lis.Addr().String(), public: *publicAddr, ha: haOn,
-		tls: useTLS, tokens: authz.Enabled(), console: consoleAddr})
+		tls: useTLS, tokens: authz.Enabled(), console: consoleAddr, caches: *workerCaches})
 
 	select {
 	case err := <-serveErr:

@@ -22,7 +22,8 @@ type tokenChecker interface {
 // (--pprof=false), or when there are no token files and listenAddr is not a loopback address.
 // With token files every request needs a client token ("Authorization: Bearer TOKEN"): none or
 // an unknown one is 401, a worker token 403. Without token files only loopback callers are
-// served (403 otherwise).
+// served (403 otherwise), and only when the Host header names a loopback host or listenAddr's
+// host (421 otherwise, as on the console).
 func pprofHandler(on bool, a tokenChecker, listenAddr string) http.Handler {
 	if !on || (!a.Enabled() && !auth.IsLoopbackListen(listenAddr)) {
 		return nil
@@ -38,6 +39,11 @@ func pprofHandler(on bool, a tokenChecker, listenAddr string) http.Handler {
 			host, _, _ := net.SplitHostPort(r.RemoteAddr)
 			if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
 				http.Error(w, "The profiler is served only to loopback callers when the scheduler has no token files.", http.StatusForbidden)
+				return
+			}
+			// As for the console: a DNS-rebound page reaches 127.0.0.1 under a name of its own.
+			if !auth.IsLoopbackHost(r.Host, listenAddr) {
+				http.Error(w, "Misdirected request: with no token files the profiler answers only to a loopback Host (localhost, 127.0.0.1, [::1]) or the --metrics-listen address, not "+r.Host+".", http.StatusMisdirectedRequest)
 				return
 			}
 			mux.ServeHTTP(w, r)

@@ -92,13 +92,27 @@ func TestPprofNeedsAClientToken(t *testing.T) {
 	}
 }
 
-// Without token files the profiler is served on a loopback HTTP address to loopback callers,
-// and absent (404) on any other address or with --pprof=false.
+// Without token files the profiler is served on a loopback HTTP address to loopback callers
+// asking for a loopback Host, and absent (404) on any other address or with --pprof=false.
 func TestPprofWithoutTokensOnlyOnLoopback(t *testing.T) {
 	a := authorizer(t, false)
 	base := servePprof(t, true, a, "127.0.0.1:9090")
 	if code, body := get(t, base+"/debug/pprof/", ""); code != http.StatusOK || !strings.Contains(body, "goroutine") {
 		t.Fatalf("GET /debug/pprof/ on loopback: %d %.200q", code, body)
+	}
+	// A DNS-rebound name for 127.0.0.1 is refused, as on the console.
+	req, err := http.NewRequest("GET", base+"/debug/pprof/cmdline", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "evil.example"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMisdirectedRequest {
+		t.Errorf("GET /debug/pprof/cmdline with Host evil.example: %d, want 421", resp.StatusCode)
 	}
 	for _, tc := range []struct {
 		on   bool
