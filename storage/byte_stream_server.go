@@ -221,9 +221,9 @@ func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
 	if err := b.opts.checkBlobSize(d); err != nil {
 		return err
 	}
-	if missing, err := b.cas.FindMissing(ctx, []digest.Digest{d}); err != nil {
+	if present, err := presentForWrite(ctx, b.cas, d); err != nil {
 		return rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", d)
-	} else if len(missing) == 0 {
+	} else if present {
 		// Already stored: no need for the rest of the data.
 		if u, err := b.uploads.acquire(ctx, name); err == nil && u != nil {
 			b.uploads.remove(u)
