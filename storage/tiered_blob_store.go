@@ -31,6 +31,8 @@ import (
 //     write is answered without its content only when the local tier holds the blob too
 //     (presentForWrite). When the upload fails, the blob is dropped from the local tier again, so
 //     that Get never serves a blob FindMissing reports missing.
+//   - A read served by the local tier refreshes the bucket's object when it may be older than
+//     the refresh age, in the background (ObjectBlobStore.usedLocally).
 //   - FindMissing asks the object store (with its existence cache); the local tier is a cache
 //     and decides nothing about presence.
 //
@@ -68,6 +70,9 @@ func (t *TieredBlobStore) Get(ctx context.Context, d digest.Digest, offset, limi
 	}
 	for attempt := 0; ; attempt++ {
 		r, err := t.local.Get(ctx, d, offset, limit)
+		if err == nil {
+			t.remote.usedLocally(d)
+		}
 		if status.Code(err) != codes.NotFound || attempt == 2 {
 			return r, err
 		}
