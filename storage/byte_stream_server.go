@@ -74,7 +74,9 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 	}
 	r, err := b.cas.Get(stream.Context(), d, req.GetReadOffset(), req.GetReadLimit())
 	if err != nil {
-		return rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
+		err = rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
+		logRPCError(b.logger, b.opts.warnings, err, "ByteStream.Read failed")
+		return err
 	}
 	defer r.Close()
 	sender := &chunkSender{stream: stream}
@@ -199,7 +201,7 @@ func completeSize(rn digest.ResourceName) int64 {
 // Write implements bspb.ByteStreamServer.
 func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) error {
 	err := b.write(stream)
-	logRPCError(b.logger, err, "ByteStream.Write failed")
+	logRPCError(b.logger, b.opts.warnings, err, "ByteStream.Write failed")
 	return err
 }
 
