@@ -53,6 +53,16 @@ func decode[T any](t *testing.T, objs map[string][]byte, key string) *T {
 	return &v
 }
 
+// checkSchedulerServiceAccount checks that the rendered scheduler runs as the rendered
+// buildfleet-scheduler ServiceAccount, where cloud credentials for the bucket attach.
+func checkSchedulerServiceAccount(t *testing.T, objs map[string][]byte, d *appsv1.Deployment) {
+	t.Helper()
+	a := decode[corev1.ServiceAccount](t, objs, "ServiceAccount/buildfleet-scheduler")
+	if got := d.Spec.Template.Spec.ServiceAccountName; got != a.Name {
+		t.Errorf("the scheduler runs as ServiceAccount %q, want %q", got, a.Name)
+	}
+}
+
 func schedulerContainer(t *testing.T, d *appsv1.Deployment) corev1.Container {
 	t.Helper()
 	for _, c := range d.Spec.Template.Spec.Containers {
@@ -89,6 +99,7 @@ func TestKustomizeSingleProcess(t *testing.T) {
 	if _, ok := flagValue(schedulerContainer(t, d).Args, "ha"); ok {
 		t.Error("single-process scheduler has --ha")
 	}
+	checkSchedulerServiceAccount(t, objs, d)
 }
 
 // TestKustomizeHA: `kubectl apply -k deploy/kubernetes/ha` renders (no "cycle detected":
@@ -111,6 +122,7 @@ func TestKustomizeHA(t *testing.T) {
 	if d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
 		t.Errorf("scheduler replicas %v, want 3", d.Spec.Replicas)
 	}
+	checkSchedulerServiceAccount(t, objs, d)
 	c := schedulerContainer(t, d)
 	for flag, want := range map[string]string{
 		"ha": "etcd", "etcd-endpoints": "http://buildfleet-etcd:2379", "advertise-address": "$(POD_IP):8980",

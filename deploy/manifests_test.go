@@ -34,6 +34,7 @@ type manifests struct {
 	services    map[string]*corev1.Service
 	pvcs        map[string]*corev1.PersistentVolumeClaim
 	configMaps  map[string]*corev1.ConfigMap
+	accounts    map[string]*corev1.ServiceAccount
 	kustomize   *kustomization
 	files       []string
 }
@@ -49,7 +50,7 @@ func load(t *testing.T) *manifests {
 	t.Helper()
 	m := &manifests{deployments: map[string]*appsv1.Deployment{}, hpas: map[string]*autoscalingv2.HorizontalPodAutoscaler{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, services: map[string]*corev1.Service{}, pvcs: map[string]*corev1.PersistentVolumeClaim{},
-		configMaps: map[string]*corev1.ConfigMap{}}
+		configMaps: map[string]*corev1.ConfigMap{}, accounts: map[string]*corev1.ServiceAccount{}}
 	files, _ := filepath.Glob(filepath.Join(manifestDir, "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no manifests")
@@ -97,6 +98,10 @@ func load(t *testing.T) *manifests {
 				var c corev1.ConfigMap
 				strict(&c)
 				m.configMaps[c.Name] = &c
+			case "v1 ServiceAccount":
+				var a corev1.ServiceAccount
+				strict(&a)
+				m.accounts[a.Name] = &a
 			case "kustomize.config.k8s.io/v1beta1 Kustomization":
 				var k kustomization
 				strict(&k)

@@ -69,3 +69,21 @@ func schedulerFlagEnvNames(t *testing.T) map[string]bool {
 	}
 	return names
 }
+
+// TestSchedulerHasAServiceAccount checks that the scheduler's pod runs as a ServiceAccount of
+// its own declared in the base, the object that IRSA, EKS Pod Identity and GKE Workload
+// Identity attach the bucket's credentials to, with the Kubernetes API token left unmounted.
+func TestSchedulerHasAServiceAccount(t *testing.T) {
+	m := load(t)
+	spec := m.deployment(t, "buildfleet-scheduler").Spec.Template.Spec
+	if spec.ServiceAccountName == "" || spec.ServiceAccountName == "default" {
+		t.Fatalf("the scheduler's pod runs as ServiceAccount %q; want one of its own", spec.ServiceAccountName)
+	}
+	a := m.accounts[spec.ServiceAccountName]
+	if a == nil {
+		t.Fatalf("ServiceAccount %s is not declared in %s", spec.ServiceAccountName, manifestDir)
+	}
+	if a.AutomountServiceAccountToken == nil || *a.AutomountServiceAccountToken {
+		t.Error("the scheduler's ServiceAccount mounts the Kubernetes API token")
+	}
+}

@@ -42,7 +42,7 @@ func (a *actionCacheServer) GetActionResult(ctx context.Context, req *repb.GetAc
 			return nil, err
 		}
 		err = rpcstatus.WrapCode(err, codes.Internal, "Failed to get action result for %s", d)
-		logRPCError(a.opts.Logger, err, "GetActionResult failed")
+		logRPCError(a.opts.Logger, a.opts.warnings, err, "GetActionResult failed")
 		return nil, err
 	}
 	result = proto.Clone(result).(*repb.ActionResult)
@@ -110,7 +110,7 @@ func (a *actionCacheServer) UpdateActionResult(ctx context.Context, req *repb.Up
 		return nil, rpcstatus.WrapCode(err, codes.InvalidArgument, "Failed to update action result for %s", d)
 	}
 	if err := a.ac.Put(ctx, req.GetInstanceName(), d, result); err != nil {
-		logRPCError(a.opts.Logger, err, "UpdateActionResult failed")
+		logRPCError(a.opts.Logger, a.opts.warnings, err, "UpdateActionResult failed")
 		return nil, err
 	}
 	return result, nil

@@ -6,9 +6,10 @@
 // Object store key layout, under the bucket's prefix (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX):
 //
 //	PREFIX/cas/HASH   the blob whose SHA-256 is HASH (lower-case hex); its size is the blob's
-//	PREFIX/ac/KEY     a serialized ActionResult; KEY is the hex SHA-256 of the instance name's
-//	                  length (8 bytes, big-endian), the instance name and "HASH/SIZE" of the
-//	                  action digest
+//	PREFIX/ac/KEY     a serialized ActionResult, framed: the magic 00 62 66 61 63 01, the
+//	                  big-endian CRC-32C of the serialized ActionResult, the ActionResult; KEY
+//	                  is the hex SHA-256 of the instance name's length (8 bytes, big-endian),
+//	                  the instance name and "HASH/SIZE" of the action digest
 //
 // Blobs are written once and only after their content was verified; action results are
 // replaced by newer ones. Objects age out by the bucket's lifecycle rule (S3: expiration days

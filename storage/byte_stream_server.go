@@ -74,7 +74,9 @@ func (b *byteStreamServer) Read(req *bspb.ReadRequest, stream bspb.ByteStream_Re
 	}
 	r, err := b.cas.Get(stream.Context(), d, req.GetReadOffset(), req.GetReadLimit())
 	if err != nil {
-		return rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
+		err = rpcstatus.WrapCode(err, codes.Internal, "Failed to read blob %s", d)
+		logRPCError(b.logger, b.opts.warnings, err, "ByteStream.Read failed")
+		return err
 	}
 	defer r.Close()
 	sender := &chunkSender{stream: stream}
@@ -199,7 +201,7 @@ func completeSize(rn digest.ResourceName) int64 {
 // Write implements bspb.ByteStreamServer.
 func (b *byteStreamServer) Write(stream bspb.ByteStream_WriteServer) error {
 	err := b.write(stream)
-	logRPCError(b.logger, err, "ByteStream.Write failed")
+	logRPCError(b.logger, b.opts.warnings, err, "ByteStream.Write failed")
 	return err
 }
 
@@ -221,9 +223,9 @@ func (b *byteStreamServer) write(stream bspb.ByteStream_WriteServer) error {
 	if err := b.opts.checkBlobSize(d); err != nil {
 		return err
 	}
-	if missing, err := b.cas.FindMissing(ctx, []digest.Digest{d}); err != nil {
+	if present, err := presentForWrite(ctx, b.cas, d); err != nil {
 		return rpcstatus.WrapCode(err, codes.Internal, "Failed to write blob %s", d)
-	} else if len(missing) == 0 {
+	} else if present {
 		// Already stored: no need for the rest of the data.
 		if u, err := b.uploads.acquire(ctx, name); err == nil && u != nil {
 			b.uploads.remove(u)

@@ -86,7 +86,9 @@ func (c *casServer) FindMissingBlobs(ctx context.Context, req *repb.FindMissingB
 	}
 	missing, err := c.cas.FindMissing(ctx, ds)
 	if err != nil {
-		return nil, rpcstatus.WrapCode(err, codes.Internal, "Failed to find missing blobs")
+		err = rpcstatus.WrapCode(err, codes.Internal, "Failed to find missing blobs")
+		logRPCError(c.opts.Logger, c.opts.warnings, err, "FindMissingBlobs failed")
+		return nil, err
 	}
 	// The store answers in the order given: walk the request alongside and answer with its own
 	// Digest messages rather than allocating new ones.

@@ -114,11 +114,19 @@ func encodeEntry(payload []byte) []byte {
 // torn (empty, short, zero-filled, failing its checksum). A file without the magic whose first
 // byte is not zero is an entry of an earlier version: a bare ActionResult.
 func decodeEntry(b []byte) ([]byte, error) {
+	if len(b) > 0 && b[0] != 0 {
+		return b, nil
+	}
+	return decodeFramedEntry(b)
+}
+
+// decodeFramedEntry returns the serialized ActionResult in an entry written by encodeEntry, or an
+// error when b is not one (empty, short, without the magic, failing its checksum). Unlike
+// decodeEntry it accepts no bare ActionResult: the object store's entries were framed from the
+// start.
+func decodeFramedEntry(b []byte) ([]byte, error) {
 	if len(b) == 0 {
 		return nil, errors.New("empty entry")
-	}
-	if b[0] != 0 {
-		return b, nil
 	}
 	if len(b) < entryHeaderLen || string(b[:len(entryMagic)]) != string(entryMagic) {
 		return nil, errors.New("bad entry header")

@@ -9,9 +9,11 @@ import (
 )
 
 // existenceCache remembers blobs known to be in an object store, and since when their
-// lifecycle age counts, so that FindMissing need not ask the object store again for a while.
-// Only presence is cached, never absence: a blob uploaded by another replica must be seen at
-// once. It holds at most max entries, dropping the oldest-checked first. Safe for concurrent use.
+// lifecycle age counts, so that FindMissing need not ask the object store again for a while
+// (ttl), and a read served by the local tier need not ask whether the object needs a refresh
+// (objectTime, kept past ttl). Only presence is cached, never absence: a blob uploaded by
+// another replica must be seen at once. It holds at most max entries, dropping the
+// oldest-checked first. Safe for concurrent use.
 type existenceCache struct {
 	ttl time.Duration
 	max int
@@ -45,18 +47,24 @@ func (c *existenceCache) get(d digest.Digest, now time.Time) (time.Time, bool) {
 	}
 	e := el.Value.(*existenceEntry)
 	if e.d != d || now.Sub(e.checked) >= c.ttl {
-		c.order.Remove(el)
-		delete(c.entries, d.Hash)
 		return time.Time{}, false
 	}
 	return e.objectTime, true
 }
 
+// objectTime returns the lifecycle time of d's object as last seen, however long ago that was.
+func (c *existenceCache) objectTime(d digest.Digest) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[d.Hash]
+	if !ok || el.Value.(*existenceEntry).d != d {
+		return time.Time{}, false
+	}
+	return el.Value.(*existenceEntry).objectTime, true
+}
+
 // put records that d was confirmed present at now, its object's lifecycle time objectTime.
 func (c *existenceCache) put(d digest.Digest, objectTime, now time.Time) {
-	if c.ttl <= 0 {
-		return
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.entries[d.Hash]; ok {

@@ -14,3 +14,7 @@ func (s *DiskBlobStore) Crash() {
 	}
 	s.lock.Close()
 }
+
+// WaitForRefreshes returns once the background refreshes of blobs read from the local tier
+// that have started so far have ended.
+func (t *TieredBlobStore) WaitForRefreshes() { t.remote.bg.wait() }

@@ -16,15 +16,19 @@ import (
 	"github.com/buildfleet/buildfleet/internal/rpcstatus"
 )
 
-// maxActionResultSize bounds an action cache object read into memory.
+// maxActionResultSize bounds the ActionResult of an action cache object read into memory.
 const maxActionResultSize = 16 << 20
 
 // ObjectActionCache is an ActionCache in an object store bucket. Each entry is one object
-// "ac/KEY" under the bucket's prefix holding the serialized ActionResult, where KEY is the
-// hex SHA-256 of the length-prefixed instance name and the action digest (the same key as
-// DiskActionCache's file names), so instance names never see each other's entries. A Put
-// replaces the entry (one PUT: readers see the old object or the new one). An entry that does
-// not parse is a miss, logged. An entry read when its object is refreshAge or more old is
+// "ac/KEY" under the bucket's prefix holding the serialized ActionResult, framed as
+// DiskActionCache frames its files (a magic, the CRC-32C of the serialized ActionResult, then
+// the ActionResult), where KEY is the hex SHA-256 of the length-prefixed instance name and the
+// action digest (the same key as DiskActionCache's file names), so instance names never see
+// each other's entries. A Put replaces the entry (one PUT: readers see the old object or the
+// new one). An entry whose frame or checksum does not match (bytes changed in the bucket, a
+// partial or foreign object, an unframed entry), or that does not parse, is a miss: it is
+// logged and its object deleted, so that the next Put replaces it. An entry read when its
+// object is refreshAge or more old is
 // refreshed in the bucket, like blobs; wrap the cache in a CompletenessCheckingActionCache so
 // results whose outputs are gone are misses.
 type ObjectActionCache struct {
@@ -59,19 +63,22 @@ func (c *ObjectActionCache) Get(ctx context.Context, instance string, d digest.D
 	} else if err != nil {
 		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to read action result for %s", d)
 	}
-	b, err := io.ReadAll(io.LimitReader(r, maxActionResultSize+1))
+	b, err := io.ReadAll(io.LimitReader(r, maxActionResultSize+entryHeaderLen+1))
 	r.Close()
 	if err != nil {
 		return nil, rpcstatus.WrapCode(err, codes.Unavailable, "Failed to read action result for %s", d)
 	}
 	result := &repb.ActionResult{}
-	if len(b) > maxActionResultSize {
+	if len(b) > maxActionResultSize+entryHeaderLen {
 		err = status.Errorf(codes.DataLoss, "entry is larger than %d bytes", maxActionResultSize)
-	} else {
+	} else if b, err = decodeFramedEntry(b); err == nil {
 		err = proto.Unmarshal(b, result)
 	}
 	if err != nil {
-		c.logger.Warn().Err(err).Str("action_digest", d.String()).Str("instance_name", instance).Msg("Ignoring corrupt action cache entry")
+		c.logger.Warn().Err(err).Str("action_digest", d.String()).Str("instance_name", instance).Msg("Ignoring corrupt action cache entry and deleting it")
+		if err := c.bucket.Delete(context.WithoutCancel(ctx), key); err != nil {
+			c.logger.Warn().Err(err).Str("action_digest", d.String()).Msg("Failed to delete corrupt action cache entry")
+		}
 		return nil, status.Errorf(codes.NotFound, "Action result for %s not found (corrupt entry)", d)
 	}
 	if c.refreshAge > 0 && !info.Time.IsZero() && c.clock.Now().Sub(info.Time) >= c.refreshAge {
@@ -88,7 +95,7 @@ func (c *ObjectActionCache) Put(ctx context.Context, instance string, d digest.D
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "Failed to marshal action result for %s: %v", d, err)
 	}
-	if err := c.bucket.Replace(ctx, actionKey(instance, d), b); err != nil {
+	if err := c.bucket.Replace(ctx, actionKey(instance, d), encodeEntry(b)); err != nil {
 		return rpcstatus.WrapCode(err, codes.Unavailable, "Failed to store action result for %s", d)
 	}
 	return nil

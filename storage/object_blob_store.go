@@ -29,7 +29,9 @@ type ObjectBlobStoreOptions struct {
 	// ExistenceCacheTTL is how long a blob the object store confirmed present is taken as
 	// present without asking again (0: always ask). Absence is never cached.
 	ExistenceCacheTTL time.Duration
-	// MaxCachedBlobs bounds the existence cache (1,048,576 entries, about 150 MiB, when zero).
+	// MaxCachedBlobs bounds the existence cache (1,048,576 entries, about 150 MiB, when zero),
+	// which also remembers, past ExistenceCacheTTL, the object age of blobs it has seen, so
+	// that reads served from the local tier know when the object needs a refresh.
 	MaxCachedBlobs int
 	// RefreshAge is the object age from which a blob that is used is refreshed in the bucket,
 	// restarting the lifecycle rule's count (0: never refresh). It must be well below the
@@ -66,6 +68,7 @@ type ObjectBlobStore struct {
 	bucket  ObjectBucket
 	opts    ObjectBlobStoreOptions
 	cache   *existenceCache
+	bg      *backgroundRefresher
 	logger  zerolog.Logger
 	metrics *objectStoreMetrics
 }
@@ -88,6 +91,7 @@ func NewObjectBlobStore(bucket ObjectBucket, opts ObjectBlobStoreOptions) *Objec
 		bucket:  bucket,
 		opts:    opts,
 		cache:   newExistenceCache(opts.ExistenceCacheTTL, opts.MaxCachedBlobs),
+		bg:      newBackgroundRefresher(),
 		logger:  opts.Logger.With().Str("component", "object_blob_store").Str("bucket", bucket.String()).Logger(),
 		metrics: newObjectStoreMetrics(opts.Registerer),
 	}
@@ -162,6 +166,7 @@ func (s *ObjectBlobStore) open(ctx context.Context, d digest.Digest) (io.ReadClo
 		return nil, s.discardCorrupt(ctx, d, status.Errorf(codes.DataLoss, "object has %d bytes", info.Size))
 	}
 	if !info.Time.IsZero() {
+		s.cache.put(d, info.Time, s.opts.Clock.Now())
 		s.used(ctx, d, info.Time)
 	}
 	return r, nil
@@ -275,6 +280,34 @@ func (s *ObjectBlobStore) used(ctx context.Context, d digest.Digest, objectTime 
 	s.metrics.refreshes.Inc()
 	s.logger.Debug().Str("digest", d.String()).Time("object_time", objectTime).Msg("Refreshed blob in the object store")
 	s.cache.put(d, now, now)
+}
+
+// usedLocally notes that d was served without asking the object store (from the local tier,
+// which holds only blobs the bucket had when they entered it). When the object's lifecycle time
+// as last seen (existence cache, kept past its TTL) is RefreshAge or more in the past, or not
+// known (a local tier kept across a restart), the object is checked and refreshed if old, in
+// the background: a read never waits for the bucket, and a blob read again and again costs one
+// bucket request per RefreshAge.
+func (s *ObjectBlobStore) usedLocally(d digest.Digest) {
+	if s.opts.RefreshAge <= 0 || d.IsEmpty() {
+		return
+	}
+	objectTime, known := s.cache.objectTime(d)
+	if known && s.opts.Clock.Now().Sub(objectTime) < s.opts.RefreshAge {
+		return
+	}
+	s.bg.start(d, func(ctx context.Context) {
+		if known {
+			s.used(ctx, d, objectTime)
+			return
+		}
+		present, err := s.stat(ctx, d)
+		if err != nil {
+			s.logger.Warn().Err(err).Str("digest", d.String()).Msg("Failed to check the age of a blob served from the local tier")
+		} else if !present {
+			s.logger.Warn().Str("digest", d.String()).Msg("Blob served from the local tier is missing from the object store")
+		}
+	})
 }
 
 // Put implements BlobStore. The content is spooled to a file in SpoolDir and verified before

@@ -14,6 +14,7 @@ import (
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	bspb "google.golang.org/genproto/googleapis/bytestream"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -279,4 +280,53 @@ func TestTieredBlobStoreDoesNotServeBlobsItFailedToUpload(t *testing.T) {
 	if got := readAll(t, tier, d, 0, 0); !bytes.Equal(got, data) {
 		t.Fatal("blob reads back wrong")
 	}
+}
+
+// TestTieredBlobStoreKeepsUploadedBytesOverASameSizeCorruptObject puts wrong bytes of the
+// right size under a blob's key behind buildfleet's back, then uploads the blob through
+// ByteStream and BatchUpdateBlobs: both are acknowledged (an object of the right size is taken
+// as the blob), and reads through this scheduler serve the client's verified bytes from the
+// local tier at once rather than NOT_FOUND. A scheduler without them in its local tier finds
+// the corrupt object when it reads it from the bucket, deletes it and reports the blob missing;
+// the next upload stores the right bytes.
+func TestTieredBlobStoreKeepsUploadedBytesOverASameSizeCorruptObject(t *testing.T) {
+	forEachBackend(t, backendConfig{timeout: 10 * time.Second}, func(t *testing.T, b *backend) {
+		ctx := context.Background()
+		tier, _ := b.tier(t, 1<<20, time.Minute, 0)
+		c := serveStorage(t, tier, storage.NewObjectActionCache(b.bucket, 0, b.clock, zeroLogger()))
+		streamed, ds := randomBlob(t, 3000)
+		batched, db := randomBlob(t, 2000)
+		b.write(t, "cas/"+ds.Hash, make([]byte, ds.Size))
+		b.write(t, "cas/"+db.Hash, make([]byte, db.Size))
+
+		resp, err := writeChunks(ctx, c.bs, digest.WriteResourceName("", ds, digest.Identity), streamed, 0, 1000, true)
+		if err != nil || resp.GetCommittedSize() != ds.Size {
+			t.Fatalf("ByteStream.Write = %v, %v", resp, err)
+		}
+		got, _, err := readStream(ctx, c.bs, &bspb.ReadRequest{ResourceName: digest.ReadResourceName("", ds, digest.Identity)})
+		if err != nil || !bytes.Equal(got, streamed) {
+			t.Fatalf("ByteStream.Read right after the write: %d bytes, %v; want the uploaded blob", len(got), err)
+		}
+
+		up, err := c.cas.BatchUpdateBlobs(ctx, &repb.BatchUpdateBlobsRequest{Requests: []*repb.BatchUpdateBlobsRequest_Request{{Digest: db.Proto(), Data: batched}}})
+		if err != nil || codes.Code(up.GetResponses()[0].GetStatus().GetCode()) != codes.OK {
+			t.Fatalf("BatchUpdateBlobs = %v, %v", up, err)
+		}
+		rd, err := c.cas.BatchReadBlobs(ctx, &repb.BatchReadBlobsRequest{Digests: []*repb.Digest{db.Proto()}})
+		if err != nil || codes.Code(rd.GetResponses()[0].GetStatus().GetCode()) != codes.OK || !bytes.Equal(rd.GetResponses()[0].GetData(), batched) {
+			t.Fatalf("BatchReadBlobs right after the write = %v, %v; want the uploaded blob", rd.GetResponses(), err)
+		}
+
+		// Another scheduler reads the bucket's copy: corrupt, deleted, missing; then stored.
+		other, _ := b.tier(t, 1<<20, time.Minute, 0)
+		_, err = other.Get(ctx, ds, 0, 0)
+		wantStatus(t, err, codes.NotFound, "Blob "+ds.String()+" not found (the stored object was corrupt)")
+		if b.read(t, "cas/"+ds.Hash) != nil {
+			t.Fatal("the corrupt object is still in the bucket")
+		}
+		mustPut(t, other, streamed)
+		if got := b.read(t, "cas/"+ds.Hash); !bytes.Equal(got, streamed) {
+			t.Fatal("the bucket does not hold the blob after the next upload")
+		}
+	})
 }

@@ -63,7 +63,8 @@ type ServiceOptions struct {
 	ActionCacheWritable func(ctx context.Context, instance string) bool
 	// Logger receives the services' logs.
 	Logger zerolog.Logger
-	// Clock times out abandoned resumable uploads (clock.System when nil).
+	// Clock times out abandoned resumable uploads and spaces the warnings of calls failing with
+	// UNAVAILABLE (clock.System when nil).
 	Clock clock.Clock
 	// UploadIdleTimeout is how long an interrupted ByteStream upload is kept for resumption
 	// (10 minutes when zero).
@@ -83,6 +84,9 @@ type ServiceOptions struct {
 	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.
 	// It is advertised as cache_capabilities.max_cas_blob_size_bytes.
 	MaxBlobSizeBytes int64
+
+	// warnings limits the warnings of calls failing with UNAVAILABLE (set by RegisterServices).
+	warnings *warnLimiter
 }
 
 // maxAnswerBytes is the largest message the services send in answer to a request that keeps
@@ -119,6 +123,7 @@ func (o ServiceOptions) withDefaults() ServiceOptions {
 // stored).
 func RegisterServices(s *grpc.Server, cas BlobStore, ac ActionCache, opts ServiceOptions) {
 	opts = opts.withDefaults()
+	opts.warnings = newWarnLimiter(opts.Clock, unavailableLogInterval)
 	repb.RegisterCapabilitiesServer(s, &capabilitiesServer{opts: opts})
 	repb.RegisterContentAddressableStorageServer(s, newCASServer(cas, opts))
 	bspb.RegisterByteStreamServer(s, newByteStreamServer(cas, opts))

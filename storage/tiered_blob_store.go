@@ -24,9 +24,15 @@ import (
 //     Concurrent misses of one blob share one download. Blobs larger than the local tier are
 //     verified into an unlinked spool file and served from there.
 //   - Put verifies the content into the local tier, then uploads it from there to the object
-//     store (unless the object store has it already) before it returns: an acknowledged blob is
-//     in the bucket. When the upload fails, the blob is dropped from the local tier again, so
+//     store (unless the object store has an object of the blob's size already, which is taken
+//     as the blob) before it returns. Either way the verified bytes stay in the local tier, so
+//     reads serve them even if the bucket's copy was changed behind our back; such a copy is
+//     found, deleted and reported missing when it is next read from the bucket. A ByteStream
+//     write is answered without its content only when the local tier holds the blob too
+//     (presentForWrite). When the upload fails, the blob is dropped from the local tier again, so
 //     that Get never serves a blob FindMissing reports missing.
+//   - A read served by the local tier refreshes the bucket's object when it may be older than
+//     the refresh age, in the background (ObjectBlobStore.usedLocally).
 //   - FindMissing asks the object store (with its existence cache); the local tier is a cache
 //     and decides nothing about presence.
 //
@@ -64,6 +70,9 @@ func (t *TieredBlobStore) Get(ctx context.Context, d digest.Digest, offset, limi
 	}
 	for attempt := 0; ; attempt++ {
 		r, err := t.local.Get(ctx, d, offset, limit)
+		if err == nil {
+			t.remote.usedLocally(d)
+		}
 		if status.Code(err) != codes.NotFound || attempt == 2 {
 			return r, err
 		}
@@ -137,7 +146,27 @@ func (t *TieredBlobStore) FindMissing(ctx context.Context, ds []digest.Digest) (
 	return t.remote.FindMissing(ctx, ds)
 }
 
-// Put implements BlobStore.
+// presentForWrite reports whether a write of d may be answered without its content: when the
+// local tier holds d (verified bytes) and the bucket has it. A blob only the bucket has is
+// received and verified into the local tier (Put), so that reads through this scheduler serve
+// the client's bytes even if the bucket's copy was changed behind its back; a blob too large
+// for the local tier has nowhere to be kept, and the bucket's answer stands.
+func (t *TieredBlobStore) presentForWrite(ctx context.Context, d digest.Digest) (bool, error) {
+	if d.IsEmpty() {
+		return true, nil
+	}
+	if d.Size <= t.local.MaxSize() {
+		if missing, err := t.local.FindMissing(ctx, []digest.Digest{d}); err != nil || len(missing) > 0 {
+			return false, err
+		}
+	}
+	missing, err := t.remote.FindMissing(ctx, []digest.Digest{d})
+	return err == nil && len(missing) == 0, err
+}
+
+// Put implements BlobStore. The content is verified into the local tier (when it fits) before
+// the object store is asked about the blob, so an upload of a blob the bucket has already leaves
+// the client's verified bytes in the local tier.
 func (t *TieredBlobStore) Put(ctx context.Context, d digest.Digest, r io.Reader) error {
 	if d.Size > t.local.MaxSize() {
 		return t.remote.Put(ctx, d, r)

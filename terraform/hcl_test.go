@@ -478,8 +478,25 @@ func TestCacheBucketModules(t *testing.T) {
 	expectLiteral(t, rule, "status", cty.StringVal("Enabled"))
 	expectRef(t, block(t, rule, "expiration"), "days", "var.expiration_days")
 	expectRef(t, block(t, rule, "filter"), "prefix", "local.key_prefix")
-	policy := aws.data["aws_iam_policy_document.scheduler"].Body
-	for _, st := range policy.Blocks {
+	expectLiteral(t, block(t, rule, "noncurrent_version_expiration"), "noncurrent_days", cty.NumberIntVal(1))
+	if aws.resources["aws_s3_bucket_versioning.cache"] != nil {
+		t.Error("aws-cache-bucket turns on versioning: expired objects would never be deleted")
+	}
+	var listScoped bool
+	for _, st := range policy(t, aws).Blocks {
+		for _, d := range st.Body.Blocks {
+			if d.Type == "dynamic" && len(d.Labels) == 1 && d.Labels[0] == "condition" {
+				content := block(t, d.Body, "content")
+				expectLiteral(t, content, "variable", cty.StringVal("s3:prefix"))
+				expectLiteral(t, content, "test", cty.StringVal("StringLike"))
+				listScoped = true
+			}
+		}
+	}
+	if !listScoped {
+		t.Error("the scheduler's ListBucket cannot be scoped to the prefix (no s3:prefix condition)")
+	}
+	for _, st := range policy(t, aws).Blocks {
 		res := string(st.Body.Attributes["resources"].Expr.Range().SliceBytes(fileBytes(t, st.Body.Attributes["resources"].Expr.Range().Filename)))
 		if !strings.Contains(res, "aws_s3_bucket.cache.arn") || strings.Contains(res, `"*"`) {
 			t.Errorf("policy statement resources %s are not scoped to the cache bucket", res)
@@ -492,12 +509,23 @@ func TestCacheBucketModules(t *testing.T) {
 	gcp := load(t, "modules/gcp-cache-bucket")
 	bucket := gcp.resources["google_storage_bucket.cache"].Body
 	expectLiteral(t, bucket, "uniform_bucket_level_access", cty.True)
+	expectLiteral(t, block(t, bucket, "soft_delete_policy"), "retention_duration_seconds", cty.NumberIntVal(0))
 	lr := block(t, bucket, "lifecycle_rule")
 	expectRef(t, block(t, lr, "condition"), "days_since_custom_time", "var.expiration_days")
 	expectLiteral(t, block(t, lr, "action"), "type", cty.StringVal("Delete"))
 	member := gcp.resources["google_storage_bucket_iam_member.scheduler"].Body
 	expectRef(t, member, "bucket", "google_storage_bucket.cache.name")
 	expectLiteral(t, member, "role", cty.StringVal("roles/storage.objectUser"))
+}
+
+// policy returns the body of the aws-cache-bucket's policy document for the scheduler.
+func policy(t *testing.T, c *config) *hclsyntax.Body {
+	t.Helper()
+	d := c.data["aws_iam_policy_document.scheduler"]
+	if d == nil {
+		t.Fatal("aws-cache-bucket has no scheduler policy document")
+	}
+	return d.Body
 }
 
 // TestReleaseURLValidation evaluates each spot-worker module's validation of release_url: an

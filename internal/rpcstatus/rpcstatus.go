@@ -29,6 +29,8 @@ func Wrap(err error, format string, args ...any) error {
 
 // WrapCode is Wrap with the code given to errors that carry no gRPC status (nor are context
 // errors): INTERNAL for a failing disk, for example. Errors with a status keep their own code.
+// A message that starts with the context already (a layer below wrapped it the same way) is
+// not prefixed again.
 func WrapCode(err error, defaultCode codes.Code, format string, args ...any) error {
 	if err == nil {
 		return nil
@@ -44,7 +46,9 @@ func WrapCode(err error, defaultCode codes.Code, format string, args ...any) err
 		p = status.New(defaultCode, err.Error())
 	}
 	sp := p.Proto()
-	sp.Message = fmt.Sprintf(format, args...) + ": " + sp.Message
+	if prefix := fmt.Sprintf(format, args...); !strings.HasPrefix(sp.Message, prefix+": ") {
+		sp.Message = prefix + ": " + sp.Message
+	}
 	return status.FromProto(sp).Err()
 }
 

@@ -30,6 +30,22 @@ func TestWrapKeepsCodeAndDetails(t *testing.T) {
 	}
 }
 
+// TestWrapDoesNotRepeatItsContext wraps an error the layer below wrapped with the same
+// context (the object store's "Failed to read blob X" under ByteStream's): the context appears
+// once.
+func TestWrapDoesNotRepeatItsContext(t *testing.T) {
+	d := digest.FromBytes([]byte("a"))
+	inner := rpcstatus.WrapCode(errors.New("connection refused"), codes.Unavailable, "Failed to read blob %s", d)
+	err := rpcstatus.WrapCode(inner, codes.Internal, "Failed to read blob %s", d)
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "Failed to read blob "+d.String()+": connection refused" {
+		t.Fatalf("WrapCode twice with one context = %v, want UNAVAILABLE with the context once", st)
+	}
+	err = rpcstatus.Wrap(err, "Failed to fetch inputs")
+	if st := status.Convert(err); st.Message() != "Failed to fetch inputs: Failed to read blob "+d.String()+": connection refused" {
+		t.Fatalf("WrapCode with another context = %q", st.Message())
+	}
+}
+
 func TestWrapCodes(t *testing.T) {
 	for _, tc := range []struct {
 		err  error

@@ -38,6 +38,11 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "cache" {
 # Objects expire expiration_days after their last modification. The scheduler copies an object
 # onto itself (which resets that time) when it uses it and it is older than its refresh age, so
 # only objects no build has used for a while expire. Interrupted multipart uploads are cleaned.
+#
+# The bucket must not have versioning enabled (this module leaves it off): in a versioned
+# bucket, expiration only hides an object behind a delete marker, and every refresh (a copy
+# onto itself) and every replaced action-cache entry keeps its old version. Should versioning
+# be turned on anyway (an organisation policy), noncurrent versions are deleted after a day.
 resource "aws_s3_bucket_lifecycle_configuration" "cache" {
   bucket = aws_s3_bucket.cache.id
   rule {
@@ -48,6 +53,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "cache" {
     }
     expiration {
       days = var.expiration_days
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 1
     }
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
@@ -70,11 +78,20 @@ data "aws_iam_policy_document" "scheduler" {
     resources = ["${aws_s3_bucket.cache.arn}/${local.key_prefix}*"]
   }
   # Without ListBucket, S3 answers 403 instead of 404 for a missing key, and the scheduler
-  # could not tell a cache miss from a refusal.
+  # could not tell a cache miss from a refusal. With scope_list_bucket_to_prefix, listings are
+  # limited to PREFIX/ by an s3:prefix condition (see the variable before turning it on).
   statement {
     sid       = "CacheBucket"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.cache.arn]
+    dynamic "condition" {
+      for_each = var.scope_list_bucket_to_prefix && var.prefix != "" ? [local.key_prefix] : []
+      content {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${condition.value}*"]
+      }
+    }
   }
 }
 

@@ -25,6 +25,12 @@ variable "scheduler_role_name" {
   default     = ""
 }
 
+variable "scope_list_bucket_to_prefix" {
+  description = "Limit the scheduler's s3:ListBucket to keys under PREFIX/ with an s3:prefix condition (off: ListBucket on the whole bucket, which this module creates for the cache alone). ListBucket is what makes S3 answer 404 rather than 403 for a missing key, and a GetObject or HeadObject carries no s3:prefix: if the scheduler then stops at start-up with PermissionDenied on its probe key, turn this off again."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags of the bucket and the policy."
   type        = map(string)

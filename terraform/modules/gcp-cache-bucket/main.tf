@@ -9,6 +9,13 @@ resource "google_storage_bucket" "cache" {
   public_access_prevention    = "enforced"
   labels                      = var.labels
 
+  # No soft delete: GCS keeps deleted objects for 7 days by default and bills them, which for a
+  # cache means every expired blob, every corrupt object deleted and every replaced
+  # action-cache entry is stored a week longer for nothing.
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+
   # The scheduler stamps every object's custom time when it writes it and moves it forward when
   # it uses an object older than its refresh age: objects no build used for expiration_days go.
   lifecycle_rule {
