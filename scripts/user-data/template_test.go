@@ -142,21 +142,14 @@ func TestEveryVariableUsedIsDefined(t *testing.T) {
 	if len(undefined) > 0 {
 		t.Fatalf("variables used but never assigned: %v", undefined)
 	}
-	var checkLine string
-	for _, line := range strings.Split(script, "\n") {
-		if strings.Contains(line, "sha256sum") {
-			checkLine = line
-		}
+	if !regexp.MustCompile(`(?m)^verify\(\) \{.*\n\s*got="\$\(sha256sum < "\$1"`).MatchString(script) {
+		t.Fatal("verify() does not compute the file's sha256")
 	}
-	refs := refRE.FindAllStringSubmatch(checkLine, -1)
-	if len(refs) == 0 || refs[0][1] != "BOOTSTRAP_SHA256" {
-		t.Fatalf("sha256sum line %q does not check $BOOTSTRAP_SHA256", checkLine)
+	if !strings.Contains(script, "\nverify \"$tmp\" \"$BOOTSTRAP_SHA256\" ") {
+		t.Fatal("the bootstrapper is not verified against $BOOTSTRAP_SHA256")
 	}
 	if !strings.Contains(script, "BOOTSTRAP_SHA256="+shellQuote(sample().bootstrapSHA256)+"\n") {
 		t.Fatal("BOOTSTRAP_SHA256 is not assigned from the bootstrap_sha256 template variable")
-	}
-	if !strings.Contains(checkLine, "--check") {
-		t.Fatalf("sha256sum line %q does not verify", checkLine)
 	}
 }
 
@@ -223,8 +216,9 @@ func TestScriptInstallsTheWorker(t *testing.T) {
 				t.Fatalf("worker fetched %d times, want %d", got, tc.wantFetch)
 			}
 			if !tc.wantOK {
-				if !bytes.Contains(out, []byte("FAILED")) {
-					t.Errorf("sha256sum did not report the failure")
+				want := "buildfleet user-data: sha256 mismatch for " + v.bootstrapURL + ": expected " + tc.sha + ", got " + sum(bootstrapBin)
+				if !bytes.Contains(out, []byte(want)) {
+					t.Errorf("output does not say %q", want)
 				}
 				if entries, _ := os.ReadDir(filepath.Join(root, "sbin")); len(entries) != 0 {
 					t.Fatalf("unverified bootstrapper left behind: %v", entries)
@@ -301,9 +295,12 @@ func TestScriptInstallsFromARelease(t *testing.T) {
 		machine   string // what a fake `uname -m` prints; the real one when empty
 		wantOut   string // in the output when set
 	}{
-		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS", "", ""},
+		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS", "",
+			"buildfleet user-data: sha256 mismatch for " + srv.URL + "/download/v1.2.3/SHA256SUMS: expected " +
+				sum(sumsFor([]byte("another"))) + ", got " + sum(sumsFor(bootstrapBin))},
 		{"bootstrapper not the one listed", sumsFor([]byte("another")), sumsFor([]byte("another")), false,
-			"SHA256SUMS bootstrap-linux-" + arch, "", ""},
+			"SHA256SUMS bootstrap-linux-" + arch, "", "buildfleet user-data: sha256 mismatch for " + srv.URL +
+				"/download/v1.2.3/bootstrap-linux-" + arch + ": expected " + sum([]byte("another")) + ", got " + sum(bootstrapBin)},
 		{"release without this architecture's bootstrapper", withoutBootstrap, withoutBootstrap, false, "SHA256SUMS", "", "has no bootstrap-linux-" + arch},
 		{"unsupported machine", sumsFor(bootstrapBin), sumsFor(bootstrapBin), false, "SHA256SUMS", "riscv64",
 			"unsupported machine architecture 'riscv64'"},
