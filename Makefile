@@ -9,8 +9,10 @@ SHELL   := /bin/bash
 
 all: build
 
+# Static binaries (CGO_ENABLED=0, as the releases), stamped with the commit (-buildvcs=auto
+# overrides a GOFLAGS=-buildvcs=false in the environment or `go env`).
 build:
-	$(GO) build -o $(BIN)/ ./cmd/scheduler ./cmd/worker ./cmd/bootstrap
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o $(BIN)/ ./cmd/scheduler ./cmd/worker ./cmd/bootstrap
 
 run: build
 	./scripts/run-local.sh

@@ -22,29 +22,11 @@ import (
 // version that was built, and the packaged bootstrapper finds that worker already in place.
 // Purging removes it all again; the test also removes the accounts and directories it caused.
 func TestDebInstallsWhereTheBootstrapperExpects(t *testing.T) {
-	needSnapshot(t)
-	if os.Geteuid() != 0 {
-		t.Skip("dpkg -i needs root")
-	}
-	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skip("no dpkg on this machine")
-	}
+	deb := needDpkg(t)
 	arch := hostArch()
-	if out, _ := exec.Command("dpkg", "--print-architecture").Output(); strings.TrimSpace(string(out)) != arch {
-		t.Skipf("dpkg architecture %q is not %s", out, arch)
-	}
-	if exec.Command("dpkg", "-s", "buildfleet").Run() == nil {
-		t.Skip("a buildfleet package is already installed here; not touching it")
-	}
-	for _, p := range []string{bootstrap.DefaultInstallPath, "/usr/local/bin/scheduler", "/usr/local/bin/bootstrap"} {
-		if _, err := os.Lstat(p); err == nil {
-			t.Skipf("%s exists already; not overwriting it", p)
-		}
-	}
 	cleanup := undoAfterwards(t)
 	defer cleanup()
 
-	deb := filepath.Join(dist, "buildfleet_"+meta.Version+"_"+arch+".deb")
 	if out, err := exec.Command("dpkg", "-i", deb).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg -i: %v\n%s", err, out)
 	}
@@ -118,6 +100,67 @@ func TestDebInstallsWhereTheBootstrapperExpects(t *testing.T) {
 		if _, err := os.Lstat(p); !os.IsNotExist(err) {
 			t.Errorf("%s still there after purge (%v)", p, err)
 		}
+	}
+}
+
+// needDpkg skips the test unless the snapshot's .deb can be installed here: as root, with dpkg
+// of this architecture, no buildfleet package installed and none of its binaries in place. It
+// returns the .deb's path.
+func needDpkg(t *testing.T) string {
+	t.Helper()
+	needSnapshot(t)
+	if os.Geteuid() != 0 {
+		t.Skip("dpkg -i needs root")
+	}
+	if _, err := exec.LookPath("dpkg"); err != nil {
+		t.Skip("no dpkg on this machine")
+	}
+	arch := hostArch()
+	if out, _ := exec.Command("dpkg", "--print-architecture").Output(); strings.TrimSpace(string(out)) != arch {
+		t.Skipf("dpkg architecture %q is not %s", out, arch)
+	}
+	if exec.Command("dpkg", "-s", "buildfleet").Run() == nil {
+		t.Skip("a buildfleet package is already installed here; not touching it")
+	}
+	for _, p := range []string{bootstrap.DefaultInstallPath, "/usr/local/bin/scheduler", "/usr/local/bin/bootstrap"} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Skipf("%s exists already; not overwriting it", p)
+		}
+	}
+	return filepath.Join(dist, "buildfleet_"+meta.Version+"_"+arch+".deb")
+}
+
+// On a minimal image whose /usr/local/bin holds nothing else, installing and purging the .deb
+// leaves /usr/local/bin in place. nfpm writes every parent directory into a .deb, /usr/local and
+// /usr/local/bin included (dpkg-deb -c lists them), so dpkg deletes them once empty and the
+// package's postremove script puts them back. The test runs dpkg in a private mount namespace
+// with an empty tmpfs on /usr/local; the rest of the install is real and is undone afterwards.
+func TestDebPurgeKeepsAnEmptyUsrLocalBin(t *testing.T) {
+	deb := needDpkg(t)
+	listing, err := exec.Command("dpkg-deb", "-c", deb).Output()
+	if err != nil {
+		t.Fatalf("dpkg-deb -c: %v", err)
+	}
+	for _, dir := range []string{"./usr/local/", "./usr/local/bin/"} {
+		if strings.Contains(string(listing), " "+dir+"\n") {
+			t.Logf("the .deb lists the directory %s (nfpm adds every parent directory)", dir)
+		}
+	}
+	if err := exec.Command("unshare", "--mount", "--propagation", "private", "true").Run(); err != nil {
+		t.Skipf("no private mount namespace here (unshare --mount: %v)", err)
+	}
+	cleanup := undoAfterwards(t)
+	defer cleanup()
+	script := `set -e
+mount -t tmpfs -o mode=0755 tmpfs /usr/local
+mkdir /usr/local/bin
+dpkg -i "$1"
+test -x /usr/local/bin/worker
+dpkg --purge buildfleet
+test -d /usr/local/bin || { echo "/usr/local/bin is gone after the purge"; exit 1; }
+test -z "$(ls -A /usr/local/bin)" || { echo "left in /usr/local/bin: $(ls -A /usr/local/bin)"; exit 1; }`
+	if out, err := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", deb).CombinedOutput(); err != nil {
+		t.Fatalf("install and purge with an empty /usr/local/bin: %v\n%s", err, out)
 	}
 }
 

@@ -62,3 +62,20 @@ func TestSchedulerSystemdUnitsPassTheSocket(t *testing.T) {
 		t.Errorf("ExecStart=%v", svc["Service"]["ExecStart"])
 	}
 }
+
+// The example scheduler.env does not set BUILDFLEET_LISTEN, which the socket-activated packaged
+// service ignores, and tells where the address is changed instead.
+func TestSchedulerEnvPointsAtTheSocketUnit(t *testing.T) {
+	b, err := os.ReadFile("config/scheduler.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v := strings.TrimLeft(line, "# "); strings.HasPrefix(v, "BUILDFLEET_LISTEN=") {
+			t.Errorf("scheduler.env has %q, which the packaged (socket-activated) service ignores", line)
+		}
+	}
+	if !strings.Contains(string(b), "systemctl edit buildfleet-scheduler.socket") {
+		t.Errorf("scheduler.env does not say how to change the gRPC address:\n%s", b)
+	}
+}

@@ -529,8 +529,8 @@ func policy(t *testing.T, c *config) *hclsyntax.Body {
 }
 
 // TestReleaseURLValidation evaluates each spot-worker module's validation of release_url: an
-// https:// URL with a host and no query or fragment (the user-data appends
-// /VERSION/SHA256SUMS to it and fetches it with curl).
+// https:// URL with a host and no query, fragment or trailing / (the user-data appends
+// /VERSION/SHA256SUMS to it and fetches it with curl; a trailing / would make that //VERSION).
 func TestReleaseURLValidation(t *testing.T) {
 	funcs := map[string]function.Function{"can": tryfunc.CanFunc, "regex": stdlib.RegexFunc}
 	for _, dir := range []string{"modules/aws-spot-workers", "modules/gcp-spot-workers"} {
@@ -551,7 +551,10 @@ func TestReleaseURLValidation(t *testing.T) {
 		for url, want := range map[string]bool{
 			"https://github.com/buildfleet/buildfleet/releases/download": true,
 			"https://mirror.example.com":                                 true,
-			"https://mirror.example.com/releases/":                       true,
+			"https://mirror.example.com/mirrors/buildfleet":              true,
+			"https://mirror.example.com/releases/":                       false,
+			"https://mirror.example.com/":                                false,
+			"https://mirror.example.com/releases//":                      false,
 			"https://mirror.example.com/releases?token=x":                false,
 			"https://mirror.example.com/releases#x":                      false,
 			"http://mirror.example.com/releases":                         false,

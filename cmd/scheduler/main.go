@@ -11,7 +11,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -168,6 +170,10 @@ func run(args []string) error {
 	listenAddr := *listen
 	if activated {
 		listenAddr = lis.Addr().String()
+		if addr, ignored := ignoredListen(fs, os.Getenv, listenAddr); ignored {
+			logger.Warn().Str("ignored_listen", addr).Str("listen", listenAddr).
+				Msg("--listen (BUILDFLEET_LISTEN) is ignored: systemd passed the socket (socket activation); change the address in the socket unit (systemctl edit buildfleet-scheduler.socket)")
+		}
 	}
 	if !authz.Enabled() && !auth.IsLoopbackListen(listenAddr) {
 		if !*insecureRemote {
@@ -375,4 +381,39 @@ func positiveLimits(opRetention time.Duration, maxOps int, uploadResume time.Dur
 		return fmt.Errorf("--max-parked-upload-size=%d: must be positive", maxParkedBytes)
 	}
 	return nil
+}
+
+// ignoredListen returns the --listen address and true when it was set explicitly (on the
+// command line or as BUILDFLEET_LISTEN, looked up with getenv) to another address than served,
+// the socket systemd passed, which the scheduler serves instead.
+func ignoredListen(fs *flag.FlagSet, getenv func(string) string, served string) (string, bool) {
+	given := getenv(flagenv.EnvName("BUILDFLEET", "listen")) != ""
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "listen" })
+	addr := fs.Lookup("listen").Value.String()
+	if !given || sameListenAddress(addr, served) {
+		return "", false
+	}
+	return addr, true
+}
+
+// sameListenAddress reports whether two HOST:PORT listen addresses are the same socket address:
+// the same port and the same IP (an IPv4-mapped IPv6 address as its IPv4 one; an empty host,
+// 0.0.0.0 and :: all as the wildcard). Host names are compared as written.
+func sameListenAddress(a, b string) bool {
+	hostA, portA, errA := net.SplitHostPort(a)
+	hostB, portB, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || portA != portB {
+		return a == b
+	}
+	ipA, errA := netip.ParseAddr(hostA)
+	ipB, errB := netip.ParseAddr(hostB)
+	anyA := hostA == "" || (errA == nil && ipA.IsUnspecified())
+	anyB := hostB == "" || (errB == nil && ipB.IsUnspecified())
+	switch {
+	case anyA || anyB:
+		return anyA && anyB
+	case errA == nil && errB == nil:
+		return ipA.Unmap() == ipB.Unmap()
+	}
+	return hostA == hostB
 }

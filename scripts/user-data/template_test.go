@@ -2,8 +2,10 @@ package userdata_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,10 +14,12 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
@@ -102,7 +106,7 @@ func TestRenderedScriptParses(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bash -n: %v\n%s\n%s", err, out, script)
 	}
-	if n := strings.Count(script, "\n"); n > 55 {
+	if n := strings.Count(script, "\n"); n > 60 {
 		t.Errorf("user-data is %d lines; keep it to one screen", n)
 	}
 	if !strings.Contains(script, `'pool=it'\''s spot'`) {
@@ -112,7 +116,9 @@ func TestRenderedScriptParses(t *testing.T) {
 
 var (
 	assignRE = regexp.MustCompile(`(?m)^\s*([A-Za-z_][A-Za-z0-9_]*)=`)
-	refRE    = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
+	// defaultRE matches ${NAME:-default}: an environment variable with a default is never unset.
+	defaultRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*):-`)
+	refRE     = regexp.MustCompile(`\$\{?([A-Za-z_][A-Za-z0-9_]*)`)
 )
 
 // TestEveryVariableUsedIsDefined guards against the typo in the instructions this template
@@ -121,6 +127,9 @@ func TestEveryVariableUsedIsDefined(t *testing.T) {
 	script := render(t, sample())
 	defined := map[string]bool{}
 	for _, m := range assignRE.FindAllStringSubmatch(script, -1) {
+		defined[m[1]] = true
+	}
+	for _, m := range defaultRE.FindAllStringSubmatch(script, -1) {
 		defined[m[1]] = true
 	}
 	var undefined []string
@@ -133,21 +142,14 @@ func TestEveryVariableUsedIsDefined(t *testing.T) {
 	if len(undefined) > 0 {
 		t.Fatalf("variables used but never assigned: %v", undefined)
 	}
-	var checkLine string
-	for _, line := range strings.Split(script, "\n") {
-		if strings.Contains(line, "sha256sum") {
-			checkLine = line
-		}
+	if !regexp.MustCompile(`(?m)^verify\(\) \{.*\n\s*got="\$\(sha256sum < "\$1"`).MatchString(script) {
+		t.Fatal("verify() does not compute the file's sha256")
 	}
-	refs := refRE.FindAllStringSubmatch(checkLine, -1)
-	if len(refs) == 0 || refs[0][1] != "BOOTSTRAP_SHA256" {
-		t.Fatalf("sha256sum line %q does not check $BOOTSTRAP_SHA256", checkLine)
+	if !strings.Contains(script, "\nverify \"$tmp\" \"$BOOTSTRAP_SHA256\" ") {
+		t.Fatal("the bootstrapper is not verified against $BOOTSTRAP_SHA256")
 	}
 	if !strings.Contains(script, "BOOTSTRAP_SHA256="+shellQuote(sample().bootstrapSHA256)+"\n") {
 		t.Fatal("BOOTSTRAP_SHA256 is not assigned from the bootstrap_sha256 template variable")
-	}
-	if !strings.Contains(checkLine, "--check") {
-		t.Fatalf("sha256sum line %q does not verify", checkLine)
 	}
 }
 
@@ -214,8 +216,9 @@ func TestScriptInstallsTheWorker(t *testing.T) {
 				t.Fatalf("worker fetched %d times, want %d", got, tc.wantFetch)
 			}
 			if !tc.wantOK {
-				if !bytes.Contains(out, []byte("FAILED")) {
-					t.Errorf("sha256sum did not report the failure")
+				want := "buildfleet user-data: sha256 mismatch for " + v.bootstrapURL + ": expected " + tc.sha + ", got " + sum(bootstrapBin)
+				if !bytes.Contains(out, []byte(want)) {
+					t.Errorf("output does not say %q", want)
 				}
 				if entries, _ := os.ReadDir(filepath.Join(root, "sbin")); len(entries) != 0 {
 					t.Fatalf("unverified bootstrapper left behind: %v", entries)
@@ -292,9 +295,12 @@ func TestScriptInstallsFromARelease(t *testing.T) {
 		machine   string // what a fake `uname -m` prints; the real one when empty
 		wantOut   string // in the output when set
 	}{
-		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS", "", ""},
+		{"wrong pin", sumsFor(bootstrapBin), sumsFor([]byte("another")), false, "SHA256SUMS", "",
+			"buildfleet user-data: sha256 mismatch for " + srv.URL + "/download/v1.2.3/SHA256SUMS: expected " +
+				sum(sumsFor([]byte("another"))) + ", got " + sum(sumsFor(bootstrapBin))},
 		{"bootstrapper not the one listed", sumsFor([]byte("another")), sumsFor([]byte("another")), false,
-			"SHA256SUMS bootstrap-linux-" + arch, "", ""},
+			"SHA256SUMS bootstrap-linux-" + arch, "", "buildfleet user-data: sha256 mismatch for " + srv.URL +
+				"/download/v1.2.3/bootstrap-linux-" + arch + ": expected " + sum([]byte("another")) + ", got " + sum(bootstrapBin)},
 		{"release without this architecture's bootstrapper", withoutBootstrap, withoutBootstrap, false, "SHA256SUMS", "", "has no bootstrap-linux-" + arch},
 		{"unsupported machine", sumsFor(bootstrapBin), sumsFor(bootstrapBin), false, "SHA256SUMS", "riscv64",
 			"unsupported machine architecture 'riscv64'"},
@@ -342,6 +348,91 @@ func TestScriptInstallsFromARelease(t *testing.T) {
 			}
 			if w, _ := os.ReadFile(filepath.Join(root, "bin", "worker")); tc.wantOK != bytes.Equal(w, workerBin) {
 				t.Fatalf("worker installed: %q, want installed=%v", w, tc.wantOK)
+			}
+		})
+	}
+}
+
+// TestFetchGivesUpOnAStalledServer runs the rendered user-data against a server on 127.0.0.1 that
+// accepts connections and then sends nothing, or stops in the middle of a file: curl gives up on
+// each attempt after the stall limit, retries, and the user-data fails naming the URL instead of
+// hanging the boot. The test shortens the limits through the environment; the defaults (30 s to
+// connect, 60 s without a byte, 8 retries) are checked in the script.
+func TestFetchGivesUpOnAStalledServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the user-data with bash and curl for about 12 s; skipped with -short")
+	}
+	for _, tool := range []string{"bash", "curl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	script := render(t, values{releaseVersion: "v1.2.3", sha256sumsSHA256: strings.Repeat("a", 64),
+		bootstrapPath: filepath.Join(t.TempDir(), "sbin", "buildfleet-bootstrap")})
+	for _, want := range []string{"--connect-timeout 30 ", "--speed-limit 1 ", `--speed-time "${BUILDFLEET_FETCH_STALL_SECONDS:-60}"`,
+		`--retry "${BUILDFLEET_FETCH_RETRIES:-8}"`} {
+		if !strings.Contains(script, want) {
+			t.Errorf("fetch() does not have %s by default", want)
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		sent    string // what the server sends on each connection before it stalls
+		retries int
+	}{
+		{"no answer", "", 1},
+		// curl measures the speed over its last few seconds, so a stall after some bytes is
+		// noticed about 5 s later than one before any: no retry there, to keep the test short.
+		{"stalls mid-file", "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var accepted atomic.Int32
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			defer func() { close(stop); lis.Close(); wg.Wait() }()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					conn, err := lis.Accept()
+					if err != nil {
+						return
+					}
+					accepted.Add(1)
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						defer conn.Close()
+						conn.Write([]byte(tc.sent))
+						<-stop
+					}()
+				}
+			}()
+			v := values{releaseURL: "http://" + lis.Addr().String() + "/download", releaseVersion: "v1.2.3",
+				sha256sumsSHA256: strings.Repeat("a", 64), bootstrapPath: filepath.Join(t.TempDir(), "sbin", "buildfleet-bootstrap")}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "bash", writeScript(t, render(t, v)))
+			cmd.Env = append(os.Environ(), "BUILDFLEET_FETCH_STALL_SECONDS=1", "BUILDFLEET_FETCH_RETRIES="+strconv.Itoa(tc.retries))
+			cmd.WaitDelay = 2 * time.Second
+			out, err := cmd.CombinedOutput()
+			t.Logf("user-data output:\n%s", out)
+			if ctx.Err() != nil {
+				t.Fatal("user-data still waiting for the stalled server after 30 s")
+			}
+			if err == nil {
+				t.Fatal("user-data succeeded against a server that sends nothing")
+			}
+			wantMsg := "buildfleet user-data: cannot download " + v.releaseURL + "/v1.2.3/SHA256SUMS"
+			if !bytes.Contains(out, []byte(wantMsg)) {
+				t.Errorf("output does not say %q", wantMsg)
+			}
+			if n := accepted.Load(); n != int32(1+tc.retries) {
+				t.Errorf("server accepted %d connections, want %d (the first attempt and %d retries)", n, 1+tc.retries, tc.retries)
 			}
 		})
 	}

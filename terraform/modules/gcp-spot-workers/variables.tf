@@ -121,12 +121,12 @@ variable "release_sha256sums_sha256" {
 }
 
 variable "release_url" {
-  description = "https:// base URL of buildfleet releases (fetched with curl by the user-data, so https only; no ?query or #fragment); release VERSION's files are under RELEASE_URL/VERSION/ (GitHub's layout; a mirror keeps it)."
+  description = "https:// base URL of buildfleet releases (fetched with curl by the user-data, so https only; no ?query, #fragment or trailing /); release VERSION's files are under RELEASE_URL/VERSION/ (GitHub's layout; a mirror keeps it)."
   type        = string
   default     = "https://github.com/buildfleet/buildfleet/releases/download"
   validation {
-    condition     = can(regex("^https://[^/?#[:space:]]+(/[^?#[:space:]]*)?$", var.release_url))
-    error_message = "release_url must be an https:// URL without a query (?) or fragment (#); the release's files are appended to its path."
+    condition     = can(regex("^https://[^/?#[:space:]]+(/[^?#[:space:]]*[^/?#[:space:]])?$", var.release_url))
+    error_message = "release_url must be an https:// URL without a query (?), fragment (#) or trailing /; the release's files are appended to its path after a /."
   }
 }
 
