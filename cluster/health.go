@@ -132,30 +132,35 @@ func (n *Node) probeLeader(ctx context.Context) {
 		}
 		conn, err := n.connLocked(leader)
 		n.mu.Unlock()
+		serving := false
 		if err == nil {
 			cctx, cancel := context.WithTimeout(ctx, n.probeTimeout())
-			_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: LeaderHealthService})
+			var resp *healthpb.HealthCheckResponse
+			resp, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: LeaderHealthService})
 			cancel()
+			serving = err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		// NOT_SERVING (an old leader that stepped down, its key not yet gone) still answers: a
-		// new leader is about to be elected, nothing is wrong with this replica.
+		// new leader is about to be elected, nothing is wrong with this replica; Status says
+		// that it does not lead.
 		if err != nil {
 			err = fmt.Errorf("%s", status.Convert(err).Message())
 		}
-		n.leaderReached(leader, err)
+		n.leaderReached(leader, err, serving)
 	}
 }
 
-// leaderReached records the outcome of a call to the leader at addr (err nil: it answered).
-func (n *Node) leaderReached(addr string, err error) {
+// leaderReached records the outcome of a call to the leader at addr (err nil: it answered;
+// leads: it answered that it leads).
+func (n *Node) leaderReached(addr string, err error, leads bool) {
 	n.mu.Lock()
 	if n.probe.addr != addr {
 		n.probe = leaderProbe{addr: addr}
 	}
-	n.probe.err = err
+	n.probe.err, n.probe.leads = err, leads
 	if err == nil {
 		n.probe.failingSince = time.Time{}
 	} else if n.probe.failingSince.IsZero() {
@@ -184,8 +189,10 @@ type Status struct {
 	AdvertiseOK      bool   `json:"advertise_address_ok"`
 	// EtcdSession is whether the replica holds an etcd session (campaigns or leads).
 	EtcdSession bool `json:"etcd_session"`
-	// Leader is the leader's advertise address ("" while none is known); LeaderReachable
-	// whether it answered this replica's last check (always true on the leader).
+	// Leader is the leader's advertise address ("" while none is known, and while the one etcd
+	// last named is not confirmed: this replica has no etcd session, or it answers that it does
+	// not lead); LeaderReachable whether it answered this replica's last check as the leader
+	// (always true on the leader).
 	Leader          string `json:"leader"`
 	LeaderReachable bool   `json:"leader_reachable"`
 	// Problems says in words what is wrong, if anything.
@@ -201,10 +208,18 @@ func (n *Node) Status() Status {
 		AdvertiseOK: n.selfChecked && n.selfErr == nil, EtcdSession: n.session, Leader: n.leader,
 		Problems: []string{},
 	}
+	probed := n.leader != "" && n.probe.addr == n.leader
 	if n.local != nil {
 		st.Role, st.LeaderReachable = "leader", true
-	} else if n.leader != "" && n.probe.addr == n.leader {
-		st.LeaderReachable = n.probe.err == nil
+	} else if probed {
+		st.LeaderReachable = n.probe.err == nil && n.probe.leads
+	}
+	// Without an etcd session (etcd unreachable: this replica would hold one otherwise), the
+	// leader etcd last named may have stepped down since; it is named only while it answers
+	// that it leads.
+	stale := n.local == nil && !n.session && n.selfChecked && n.selfErr == nil
+	if (stale || probed && n.probe.err == nil && !n.probe.leads) && !st.LeaderReachable {
+		st.Leader = ""
 	}
 	if n.selfErr != nil {
 		st.Problems = append(st.Problems, fmt.Sprintf("advertise address %s unreachable: %v; this replica will not lead", n.cfg.AdvertiseAddress, n.selfErr))
@@ -223,6 +238,10 @@ func (n *Node) Status() Status {
 		}
 	case n.isSelfLocked(n.leader):
 		st.Problems = append(st.Problems, "etcd names this replica leader but it does not lead (stepping down or just elected): scheduler calls are held")
+	case probed && n.probe.err == nil:
+		st.Problems = append(st.Problems, fmt.Sprintf("%s, named leader in etcd, answers that it does not lead (it stepped down, or was just elected): scheduler calls are held", n.leader))
+	case stale:
+		st.Problems = append(st.Problems, fmt.Sprintf("the leader etcd last named, %s, is not confirmed without an etcd session: scheduler calls are held", n.leader))
 	default:
 		st.Problems = append(st.Problems, fmt.Sprintf("leader %s not checked yet", n.leader))
 	}

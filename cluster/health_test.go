@@ -189,3 +189,47 @@ func TestFenceIsCheckedWithoutWaitingForTheTimer(t *testing.T) {
 		t.Fatalf("the expired term handed out %v leases", n)
 	}
 }
+
+// etcd frozen past the session TTL: the leader steps down, and a follower, its own session gone
+// too, stops naming the former leader as a reachable leader in /readyz (the former leader still
+// answers, but that it does not lead) for as long as etcd is away, while staying ready; once etcd
+// is back, the follower names the new leader again.
+func TestFollowerDoesNotNameAStaleLeaderWhileEtcdIsAway(t *testing.T) {
+	etcd := clustertest.StartEtcd(t)
+	st := newShared(t)
+	a := startReplica(t, etcd, st, testCluster, scheduler.Config{}, replicaOpts{http: true})
+	waitFor(t, "a leader", 10*time.Second, a.leads)
+	b := startReplica(t, etcd, st, testCluster, scheduler.Config{}, replicaOpts{http: true})
+	waitFor(t, "the follower to reach the leader", 10*time.Second, func() bool {
+		_, s := readyz(t, b)
+		return s.Leader == a.addr && s.LeaderReachable
+	})
+
+	etcd.Pause()
+	t.Cleanup(etcd.Resume) // before the replicas stop, should the test end early
+	waitFor(t, "the leader to step down", 2*testCluster.SessionTTL, func() bool { return !a.leads() })
+	waitFor(t, "the follower to lose its etcd session", 3*testCluster.SessionTTL, func() bool { return !b.node.Status().EtcdSession })
+	waitFor(t, "the follower to stop naming the former leader", testCluster.SessionTTL, func() bool {
+		_, s := readyz(t, b)
+		return s.Leader != a.addr && !s.LeaderReachable
+	})
+	// For the rest of the outage it never names it again, and stays ready (every replica is
+	// in the same state: a load balancer must keep the cache served).
+	for end := time.Now().Add(testCluster.SessionTTL); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		code, s := readyz(t, b)
+		if code != http.StatusOK || s.Leader != "" || s.LeaderReachable || !strings.Contains(strings.Join(s.Problems, ";"), "scheduler calls are held") {
+			t.Fatalf("/readyz of a follower with etcd frozen and the leader stepped down = %d %+v", code, s)
+		}
+	}
+
+	etcd.Resume()
+	waitFor(t, "a leader after etcd resumed", 20*time.Second, func() bool { return a.leads() || b.leads() })
+	leader, follower := a, b
+	if b.leads() {
+		leader, follower = b, a
+	}
+	waitFor(t, "the follower to name the new leader", 10*time.Second, func() bool {
+		code, s := readyz(t, follower)
+		return code == http.StatusOK && s.Leader == leader.addr && s.LeaderReachable && s.EtcdSession
+	})
+}

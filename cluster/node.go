@@ -75,6 +75,8 @@ type Node struct {
 type leaderProbe struct {
 	addr string
 	err  error
+	// leads is whether addr answered that it leads (SERVING on LeaderHealthService).
+	leads bool
 	// failingSince is when checks of addr started failing (zero while they succeed).
 	failingSince time.Time
 }

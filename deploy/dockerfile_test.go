@@ -18,7 +18,13 @@ type instruction struct {
 
 func parseDockerfile(t *testing.T) [][]instruction {
 	t.Helper()
-	data, err := os.ReadFile(dockerfile)
+	return parseDockerfileAt(t, dockerfile)
+}
+
+// parseDockerfileAt returns the instructions of the Dockerfile at path, by stage.
+func parseDockerfileAt(t *testing.T, path string) [][]instruction {
+	t.Helper()
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

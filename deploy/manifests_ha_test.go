@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
@@ -60,14 +61,25 @@ func loadHA(t *testing.T) *haManifests {
 			case head.Patch == "delete":
 				m.deletes = append(m.deletes, head.Kind+"/"+head.Metadata.Name)
 			case head.Kind == "Deployment":
-				m.scheduler = &appsv1.Deployment{}
-				strict(m.scheduler)
+				d := &appsv1.Deployment{}
+				strict(d)
+				// The other Deployment patches (scheduler-spread-patch.yaml) are checked on
+				// the rendered overlay (ha_resilience_test.go).
+				if filepath.Base(f) == "scheduler-ha-patch.yaml" {
+					m.scheduler = d
+				}
 			case head.Kind == "StatefulSet":
 				m.statefulSet = &appsv1.StatefulSet{}
 				strict(m.statefulSet)
 			case head.Kind == "Service":
-				m.service = &corev1.Service{}
-				strict(m.service)
+				svc := &corev1.Service{}
+				strict(svc)
+				// The client Service; the headless buildfleet-etcd-peers governs the StatefulSet.
+				if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+					m.service = svc
+				}
+			case head.Kind == "PodDisruptionBudget":
+				strict(&policyv1.PodDisruptionBudget{})
 			case head.Kind == "Kustomization":
 				strict(&m.kustomize)
 			default:

@@ -44,6 +44,10 @@ type kustomization struct {
 	APIVersion string   `json:"apiVersion"`
 	Kind       string   `json:"kind"`
 	Resources  []string `json:"resources"`
+	// Patches live in patches/ (not read by load: they are partial objects).
+	Patches []struct {
+		Path string `json:"path"`
+	} `json:"patches"`
 }
 
 func load(t *testing.T) *manifests {

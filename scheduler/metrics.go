@@ -99,6 +99,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
+// clearGauges sets the gauges to zero when the scheduler closes: a replica whose term ended
+// (--ha=etcd) keeps its counters but exports no stale queue or worker counts.
+func (m *metrics) clearGauges() {
+	m.queueDepth.Reset()
+	for _, g := range []prometheus.Gauge{m.workersServing, m.workersDraining, m.workersUnavailable, m.workersGone,
+		m.slotsBusy, m.slotsIdle, m.slotsDraining} {
+		g.Set(0)
+	}
+}
+
 // register registers the collectors with reg, keeping those an earlier scheduler registered.
 func (m *metrics) register(reg prometheus.Registerer) {
 	m.queueDepth = register(reg, m.queueDepth)

@@ -14,7 +14,7 @@ import (
 func (s *Scheduler) enqueueLocked(op *operation) {
 	op.stage = repb.ExecutionStage_QUEUED
 	s.queue.push(op)
-	s.m.queueDepth.WithLabelValues(op.platform.label()).Set(float64(s.queue.depth[op.platform.key]))
+	s.queueDepthChangedLocked(op)
 	op.notify()
 	s.offerLocked(op)
 	if op.queued() {
@@ -28,7 +28,7 @@ func (s *Scheduler) dequeueLocked(op *operation) {
 		return
 	}
 	s.queue.remove(op)
-	s.m.queueDepth.WithLabelValues(op.platform.label()).Set(float64(s.queue.depth[op.platform.key]))
+	s.queueDepthChangedLocked(op)
 }
 
 // offerLocked gives the bots whose calls are held waiting for work, longest waiting first, a
@@ -63,7 +63,7 @@ func (s *Scheduler) assignLocked(b *botSession) bool {
 		if op == nil {
 			break
 		}
-		s.m.queueDepth.WithLabelValues(op.platform.label()).Set(float64(s.queue.depth[op.platform.key]))
+		s.queueDepthChangedLocked(op)
 		s.leaseLocked(op, b)
 		assigned = true
 	}
@@ -258,4 +258,13 @@ func (s *Scheduler) missingPropertyLocked(p platform) string {
 			best.botID, p.props[i].name, p.props[i].value)
 	}
 	return "no worker matches"
+}
+
+// queueDepthChangedLocked sets the queue-depth gauge of op's platform. A closed scheduler leaves
+// the gauges it cleared at zero: its queue is the next leader's (with --ha=etcd), and a sum over
+// the replicas must count the leader's queue only.
+func (s *Scheduler) queueDepthChangedLocked(op *operation) {
+	if !s.closed {
+		s.m.queueDepth.WithLabelValues(op.platform.label()).Set(float64(s.queue.depth[op.platform.key]))
+	}
 }

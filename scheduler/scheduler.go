@@ -120,6 +120,7 @@ func (s *Scheduler) closeLocked() {
 	s.closed = true
 	close(s.done)
 	s.stopTimerLocked()
+	s.m.clearGauges()
 }
 
 // enter locks the state and runs due deadlines. Pair it with leave.
@@ -245,6 +246,9 @@ func (s *Scheduler) forgetOperationLocked(op *operation) {
 // updateWorkerGaugesLocked recomputes the workers-by-state and slots-by-state gauges.
 func (s *Scheduler) updateWorkerGaugesLocked() {
 	s.workersDirty = false
+	if s.closed {
+		return // Close cleared them: the bots are the next leader's.
+	}
 	var serving, draining, unavailable, busy, idle, drainingSlots int
 	for _, b := range s.sessions {
 		switch b.workerState() {

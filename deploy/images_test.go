@@ -1,0 +1,87 @@
+package deploy_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+)
+
+// TestEveryImageIsBuiltHere: each image the manifests run, ghcr.io/buildfleet/NAME:TAG, is
+// built by deploy/docker/NAME.Dockerfile, whose header gives the `docker build ... -t IMAGE`
+// command for exactly that reference.
+func TestEveryImageIsBuiltHere(t *testing.T) {
+	objs := build(t, "kubernetes/ha")
+	for _, name := range []string{"buildfleet-scheduler", "buildfleet-worker"} {
+		d := decode[appsv1.Deployment](t, objs, "Deployment/"+name)
+		for _, c := range d.Spec.Template.Spec.Containers {
+			repo, _, ok := strings.Cut(c.Image, ":")
+			short, found := strings.CutPrefix(repo, "ghcr.io/buildfleet/")
+			if !ok || !found {
+				t.Errorf("Deployment %s image %q is not ghcr.io/buildfleet/NAME:TAG", name, c.Image)
+				continue
+			}
+			file := filepath.Join("docker", short+".Dockerfile")
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Errorf("Deployment %s runs %s, which nothing here builds: %v", name, c.Image, err)
+				continue
+			}
+			if !strings.Contains(string(data), "-f deploy/docker/"+short+".Dockerfile -t "+c.Image+" ") {
+				t.Errorf("%s does not give the docker build command tagging %s", file, c.Image)
+			}
+		}
+	}
+}
+
+// TestSchedulerDockerfile: the scheduler image is a static build of ./cmd/scheduler on a pinned
+// Debian, run as the non-root user the Deployment runs as, the scheduler as entrypoint.
+func TestSchedulerDockerfile(t *testing.T) {
+	stages := parseDockerfileAt(t, "docker/scheduler.Dockerfile")
+	for _, st := range stages {
+		image, _, _ := strings.Cut(st[0].args, " ")
+		if !strings.Contains(image, "@sha256:") && (!strings.Contains(image, ":") || strings.HasSuffix(image, ":latest")) {
+			t.Errorf("FROM %s is not pinned by version or digest", image)
+		}
+	}
+	var static bool
+	for _, st := range stages[:len(stages)-1] {
+		for _, in := range st {
+			if in.op == "RUN" && strings.Contains(in.args, "CGO_ENABLED=0 go build") && strings.HasSuffix(in.args, "./cmd/scheduler") {
+				static = true
+			}
+		}
+	}
+	if !static {
+		t.Error("no build stage runs CGO_ENABLED=0 go build ... ./cmd/scheduler")
+	}
+	final := stages[len(stages)-1]
+	if base, _, _ := strings.Cut(final[0].args, " "); !pinnedDebian.MatchString(base) {
+		t.Errorf("final base %q is not Debian pinned by point release, date tag or digest", base)
+	}
+	var user, entrypoint string
+	for _, in := range final {
+		switch in.op {
+		case "USER":
+			user = in.args
+		case "ENTRYPOINT":
+			entrypoint = in.args
+		}
+	}
+	uid, _, _ := strings.Cut(user, ":")
+	if user == "" || uid == "0" || uid == "root" {
+		t.Fatalf("final stage USER %q: the scheduler must not run as root", user)
+	}
+	var argv []string
+	if err := json.Unmarshal([]byte(entrypoint), &argv); err != nil || len(argv) == 0 || !strings.HasSuffix(argv[0], "/scheduler") {
+		t.Fatalf("ENTRYPOINT %q is not the scheduler in exec form", entrypoint)
+	}
+	d := load(t).deployment(t, "buildfleet-scheduler")
+	if sc := d.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsUser == nil || strconv.FormatInt(*sc.RunAsUser, 10) != uid {
+		t.Errorf("Deployment runAsUser does not match the image's USER %s", uid)
+	}
+}
