@@ -53,17 +53,21 @@ func TestFrozenLeaderDoesNotStallForwardedCalls(t *testing.T) {
 	if n := a.counter("buildfleet_scheduler_leases_handed_out_total"); n != 1 {
 		t.Fatalf("leader handed out %v leases, want 1", n)
 	}
-	// The client's stream stays forwarded to the leader while it is frozen.
-	ops := make(chan *longrunningpb.Operation, 10)
-	errs := make(chan error, 1)
+	// The client's stream stays forwarded to the leader while it is frozen. Messages and the
+	// stream's end come through one channel, in the order they arrived (two channels would let
+	// a select see the end of the stream before the last operation).
+	type recv struct {
+		op  *longrunningpb.Operation
+		err error
+	}
+	recvs := make(chan recv, 10)
 	go func() {
 		for {
 			op, err := stream.Recv()
+			recvs <- recv{op, err}
 			if err != nil {
-				errs <- err
 				return
 			}
-			ops <- op
 		}
 	}()
 
@@ -96,12 +100,13 @@ func TestFrozenLeaderDoesNotStallForwardedCalls(t *testing.T) {
 	// The client's stream moved too: it carries a message from the new leader well before the
 	// result (the WaitExecution it continues as sends the operation's state first).
 	select {
-	case op := <-ops:
-		if op.Done {
-			t.Fatalf("operation done before the bot reported a result: %v", op)
+	case r := <-recvs:
+		if r.err != nil {
+			t.Fatalf("client's Execute stream failed across the frozen leader: %v", r.err)
 		}
-	case err := <-errs:
-		t.Fatalf("client's Execute stream failed across the frozen leader: %v", err)
+		if r.op.Done {
+			t.Fatalf("operation done before the bot reported a result: %v", r.op)
+		}
 	case <-time.After(testCluster.SessionTTL):
 		t.Fatalf("client's Execute stream still attached to the frozen leader %s after the failover", time.Since(frozen))
 	}
@@ -111,8 +116,11 @@ func TestFrozenLeaderDoesNotStallForwardedCalls(t *testing.T) {
 	}
 	for done := false; !done; {
 		select {
-		case op := <-ops:
-			if op.Done {
+		case r := <-recvs:
+			if r.err != nil {
+				t.Fatalf("client's Execute stream failed: %v", r.err)
+			}
+			if op := r.op; op.Done {
 				resp := &repb.ExecuteResponse{}
 				if err := op.GetResponse().UnmarshalTo(resp); err != nil {
 					t.Fatal(err)
@@ -122,8 +130,6 @@ func TestFrozenLeaderDoesNotStallForwardedCalls(t *testing.T) {
 				}
 				done = true
 			}
-		case err := <-errs:
-			t.Fatalf("client's Execute stream failed: %v", err)
 		case <-time.After(10 * time.Second):
 			t.Fatal("no result on the client's stream")
 		}
