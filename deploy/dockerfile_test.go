@@ -1,10 +1,8 @@
 package deploy_test
 
 import (
-	"encoding/json"
 	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -90,17 +88,5 @@ func TestDockerfile(t *testing.T) {
 	if arg == "" || !aptInstall {
 		t.Error("CI dependencies are not a CI_PACKAGES build argument installed with apt-get")
 	}
-	uid, _, _ := strings.Cut(user, ":")
-	if user == "" || uid == "0" || uid == "root" {
-		t.Fatalf("final stage USER %q: actions must not run as root", user)
-	}
-	var argv []string
-	if err := json.Unmarshal([]byte(entrypoint), &argv); err != nil || len(argv) == 0 || !strings.HasSuffix(argv[0], "/worker") {
-		t.Fatalf("ENTRYPOINT %q is not the worker in exec form", entrypoint)
-	}
-	// The image's user is the one the Deployment runs as.
-	worker := load(t).deployment(t, "buildfleet-worker")
-	if sc := worker.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsUser == nil || strconv.FormatInt(*sc.RunAsUser, 10) != uid {
-		t.Errorf("Deployment runAsUser does not match the image's USER %s", uid)
-	}
+	checkImageRunsAsDeployment(t, user, entrypoint, "worker", "actions", "buildfleet-worker")
 }

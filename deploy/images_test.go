@@ -72,15 +72,24 @@ func TestSchedulerDockerfile(t *testing.T) {
 			entrypoint = in.args
 		}
 	}
+	checkImageRunsAsDeployment(t, user, entrypoint, "scheduler", "the scheduler", "buildfleet-scheduler")
+}
+
+// checkImageRunsAsDeployment checks an image's final stage: USER (uid[:gid]) is not root
+// (who names what must not run as root), ENTRYPOINT runs /…/binary in exec form, and the
+// Deployment named deployment runs as that uid.
+func checkImageRunsAsDeployment(t *testing.T, user, entrypoint, binary, who, deployment string) {
+	t.Helper()
 	uid, _, _ := strings.Cut(user, ":")
 	if user == "" || uid == "0" || uid == "root" {
-		t.Fatalf("final stage USER %q: the scheduler must not run as root", user)
+		t.Fatalf("final stage USER %q: %s must not run as root", user, who)
 	}
 	var argv []string
-	if err := json.Unmarshal([]byte(entrypoint), &argv); err != nil || len(argv) == 0 || !strings.HasSuffix(argv[0], "/scheduler") {
-		t.Fatalf("ENTRYPOINT %q is not the scheduler in exec form", entrypoint)
+	if err := json.Unmarshal([]byte(entrypoint), &argv); err != nil || len(argv) == 0 || !strings.HasSuffix(argv[0], "/"+binary) {
+		t.Fatalf("ENTRYPOINT %q is not the %s in exec form", entrypoint, binary)
 	}
-	d := load(t).deployment(t, "buildfleet-scheduler")
+	// The image's user is the one the Deployment runs as.
+	d := load(t).deployment(t, deployment)
 	if sc := d.Spec.Template.Spec.SecurityContext; sc == nil || sc.RunAsUser == nil || strconv.FormatInt(*sc.RunAsUser, 10) != uid {
 		t.Errorf("Deployment runAsUser does not match the image's USER %s", uid)
 	}

@@ -37,15 +37,7 @@ func TestDisconnectedBotLosesItsLeasesAfterTheGrace(t *testing.T) {
 
 	// The bot dies in its held call.
 	hold(t, e, b)
-	e.clk.Advance(2 * time.Second)
-	if w := e.worker("mortal"); w.LeasesHeld != 1 {
-		t.Fatalf("leases requeued before the grace ended: %+v", w)
-	}
-	e.clk.Advance(time.Second)
-	waitFor(t, "the dead bot's session closed", func() bool { return e.worker("mortal").State == scheduler.WorkerGone })
-	if n := e.metric("buildfleet_scheduler_leases_requeued_total", "reason", "disconnected"); n != 1 {
-		t.Errorf("leases_requeued_total{disconnected} = %v, want 1", n)
-	}
+	wantLeaseRequeuedAfterGrace(t, e, "mortal")
 	// Another bot gets the action at once.
 	_, other := e.newBot("heir", 1)
 	if len(other.Leases) != 1 {
@@ -151,12 +143,20 @@ func TestKilledBotLosesItsLeasesAfterTheGraceWhenItsCallsOverlap(t *testing.T) {
 		t.Fatalf("finished action %v", resp)
 	}
 
+	wantLeaseRequeuedAfterGrace(t, e, "mortal")
+}
+
+// wantLeaseRequeuedAfterGrace checks, on a scheduler with a 3 s DisconnectGrace whose bot
+// (holding one lease) just ended its last call, that the lease is kept for 2 s and requeued as
+// disconnected once the grace has passed.
+func wantLeaseRequeuedAfterGrace(t *testing.T, e *env, bot string) {
+	t.Helper()
 	e.clk.Advance(2 * time.Second)
-	if w := e.worker("mortal"); w.LeasesHeld != 1 {
+	if w := e.worker(bot); w.LeasesHeld != 1 {
 		t.Fatalf("lease requeued before the grace ended: %+v", w)
 	}
 	e.clk.Advance(time.Second)
-	waitFor(t, "the dead bot's session closed", func() bool { return e.worker("mortal").State == scheduler.WorkerGone })
+	waitFor(t, "the dead bot's session closed", func() bool { return e.worker(bot).State == scheduler.WorkerGone })
 	if n := e.metric("buildfleet_scheduler_leases_requeued_total", "reason", "disconnected"); n != 1 {
 		t.Errorf("leases_requeued_total{disconnected} = %v, want 1", n)
 	}
