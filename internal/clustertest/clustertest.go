@@ -153,6 +153,9 @@ func (e *Etcd) waitReady(t testing.TB) {
 		_, err := cli.Get(ctx, "probe")
 		cancel()
 		if err == nil {
+			if !testproc.Listening(p.cmd.Process.Pid, strings.TrimPrefix(client, "http://")) {
+				t.Fatalf("another process answers on %s, not the etcd this test started (a port handed out as free was taken)", client)
+			}
 			return
 		}
 		select {
@@ -247,9 +250,9 @@ backend replicas
 	p := start(t, "haproxy", bin, filepath.Join(dir, "haproxy.log"), "-db", "-f", cfg)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
+		// The process this test started must be the one listening: a dial could reach another
+		// process that took the port first.
+		if testproc.Listening(p.cmd.Process.Pid, addr) {
 			return &HAProxy{Process: p, Addr: addr}
 		}
 		select {

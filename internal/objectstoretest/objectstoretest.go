@@ -37,11 +37,12 @@ type Server struct {
 	t    testing.TB
 	name string
 	bin  string
-	args []string
-	addr string // 127.0.0.1:PORT
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	// argsFor gives the server's arguments for listening on addr.
+	argsFor func(addr string) []string
+	addr    string // 127.0.0.1:PORT
+	log     string
+	cmd     *exec.Cmd
+	done    chan struct{}
 	// DataDir is where the server keeps its objects, for tests that damage them at the
 	// file level (fake-gcs-server: DataDir/BUCKET/OBJECT-NAME; empty for versitygw).
 	DataDir string
@@ -95,11 +96,12 @@ func StartS3(t testing.TB, bucket string) *Server {
 			t.Fatal(err)
 		}
 	}
-	addr := testproc.FreeAddr(t)
-	s := &Server{t: t, name: "versitygw", bin: bin, addr: addr, log: filepath.Join(dir, "versitygw.log"),
-		args: []string{"--access", AccessKey, "--secret", SecretKey, "--region", Region, "--port", addr, "--quiet",
-			"posix", "--sidecar", sidecar, root}}
-	s.Start()
+	s := &Server{t: t, name: "versitygw", bin: bin, log: filepath.Join(dir, "versitygw.log"),
+		argsFor: func(addr string) []string {
+			return []string{"--access", AccessKey, "--secret", SecretKey, "--region", Region, "--port", addr, "--quiet",
+				"posix", "--sidecar", sidecar, root}
+		}}
+	s.startOnFreeAddr()
 	t.Cleanup(s.Stop)
 	if bucket != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -143,13 +145,14 @@ func StartGCS(t testing.TB, bucket string) *Server {
 	t.Helper()
 	bin := findTool(t, "fake-gcs-server")
 	dir := t.TempDir()
-	addr := testproc.FreeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	s := &Server{t: t, name: "fake-gcs-server", bin: bin, addr: addr, log: filepath.Join(dir, "fake-gcs-server.log"),
-		args: []string{"-scheme", "http", "-host", "127.0.0.1", "-port", port, "-public-host", addr,
-			"-external-url", "http://" + addr, "-backend", "filesystem", "-filesystem-root", filepath.Join(dir, "data"), "-log-level", "error"},
+	s := &Server{t: t, name: "fake-gcs-server", bin: bin, log: filepath.Join(dir, "fake-gcs-server.log"),
+		argsFor: func(addr string) []string {
+			_, port, _ := net.SplitHostPort(addr)
+			return []string{"-scheme", "http", "-host", "127.0.0.1", "-port", port, "-public-host", addr,
+				"-external-url", "http://" + addr, "-backend", "filesystem", "-filesystem-root", filepath.Join(dir, "data"), "-log-level", "error"}
+		},
 		DataDir: filepath.Join(dir, "data")}
-	s.Start()
+	s.startOnFreeAddr()
 	t.Cleanup(s.Stop)
 	if bucket != "" {
 		body, _ := json.Marshal(map[string]string{"name": bucket})
@@ -165,41 +168,62 @@ func StartGCS(t testing.TB, bucket string) *Server {
 	return s
 }
 
+// startOnFreeAddr starts the server on a free address. A port handed out as free can be taken
+// by another process before the server binds it (the server then exits at start): it tries
+// again on another one, up to three times.
+func (s *Server) startOnFreeAddr() {
+	s.t.Helper()
+	var err error
+	for range 3 {
+		s.addr = testproc.FreeAddr(s.t)
+		if err = s.start(); err == nil {
+			return
+		}
+	}
+	s.t.Fatal(err)
+}
+
 // Start starts the server process (again, after Stop, on the same address and data) and waits
-// until it accepts connections.
+// until it listens.
 func (s *Server) Start() {
 	s.t.Helper()
-	f, err := os.OpenFile(s.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
+	if err := s.start(); err != nil {
 		s.t.Fatal(err)
 	}
-	cmd := exec.Command(s.bin, s.args...)
+}
+
+// start starts the server process on s.addr and waits until that process itself listens there
+// (a dial could reach another process that holds the port).
+func (s *Server) start() error {
+	f, err := os.OpenFile(s.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.bin, s.argsFor(s.addr)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		f.Close()
-		s.t.Fatalf("starting %s: %v", s.name, err)
+		return fmt.Errorf("starting %s: %v", s.name, err)
 	}
 	s.cmd, s.done = cmd, make(chan struct{})
-	go func() { cmd.Wait(); f.Close(); close(s.done) }()
+	done := s.done
+	go func() { cmd.Wait(); f.Close(); close(done) }()
 	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
+	for !testproc.Listening(cmd.Process.Pid, s.addr) {
 		select {
-		case <-s.done:
+		case <-done:
+			s.cmd = nil
 			b, _ := os.ReadFile(s.log)
-			s.t.Fatalf("%s exited at start:\n%s", s.name, b)
+			return fmt.Errorf("%s exited at start on %s:\n%s", s.name, s.addr, b)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			s.Stop()
-			s.t.Fatalf("%s does not accept connections on %s", s.name, s.addr)
+			return fmt.Errorf("%s does not listen on %s", s.name, s.addr)
 		}
 	}
+	return nil
 }
 
 // Stop stops the server process by its PID (SIGCONT in case it was paused, SIGTERM, then

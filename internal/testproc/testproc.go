@@ -3,8 +3,12 @@
 package testproc
 
 import (
+	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,4 +43,46 @@ func Stop(cmd *exec.Cmd, done <-chan struct{}) {
 		syscall.Kill(-pid, syscall.SIGKILL)
 		<-done
 	}
+}
+
+// Listening reports whether process pid holds a TCP socket listening on addr (an IPv4
+// 127.0.0.1:PORT), from /proc/net/tcp and /proc/PID/fd. A test that dials a server's address to
+// see it up can reach another process that took the port first (a free port handed to two
+// tests); this checks the server it started is the one listening.
+func Listening(pid int, addr string) bool {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host).To4()
+	p, err := strconv.Atoi(port)
+	if ip == nil || err != nil {
+		return false
+	}
+	// /proc/net/tcp writes the address as the 32-bit word in host (little-endian) order.
+	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], p)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		return false
+	}
+	inodes := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 9 && f[1] == local && f[3] == "0A" { // 0A: TCP_LISTEN
+			inodes["socket:["+f[9]+"]"] = true
+		}
+	}
+	if len(inodes) == 0 {
+		return false
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && inodes[target] {
+			return true
+		}
+	}
+	return false
 }
