@@ -78,7 +78,8 @@ type ServiceOptions struct {
 	// UploadDir is the directory ByteStream uploads are spooled to until finish_write when they
 	// cannot be written into the store directly (compressed uploads; stores other than a
 	// DiskBlobStore, whose uncompressed uploads go to its own temporary files); its contents are
-	// removed at start. Empty: a new temporary directory.
+	// removed at start. Empty: the system's temporary directory (spool files only, each
+	// removed when its upload ends; nothing is removed at start).
 	UploadDir string
 	// MaxBlobSizeBytes is the largest blob ByteStream.Write and BatchUpdateBlobs accept (no
 	// limit when zero); larger uploads fail with INVALID_ARGUMENT before any data is stored.

@@ -195,9 +195,11 @@ type uploadRegistry struct {
 	timerStop  chan struct{}
 }
 
-// newUploadRegistry returns a registry spooling uploads into dir (created if needed; a new
-// temporary directory when empty). Spool files left in dir by an earlier process are removed.
-// A full disk evicts from cas when it is a roomMaker.
+// newUploadRegistry returns a registry spooling uploads into dir (created if needed; spool files
+// left in it by an earlier process are removed). With dir empty, spool files go to the system's
+// temporary directory, each removed when its upload ends, and nothing is removed at start (a
+// directory of its own would outlive the registry, which has no end). A full disk evicts from
+// cas when it is a roomMaker.
 func newUploadRegistry(cas BlobStore, c clock.Clock, limits UploadLimits, dir string) *uploadRegistry {
 	r := &uploadRegistry{clock: c, limits: limits.withDefaults(), dir: dir, uploads: make(map[string]*upload)}
 	if rm, ok := cas.(roomMaker); ok {
@@ -205,7 +207,7 @@ func newUploadRegistry(cas BlobStore, c clock.Clock, limits UploadLimits, dir st
 	}
 	r.disk, _ = cas.(*DiskBlobStore)
 	if dir == "" {
-		r.dir, r.dirErr = os.MkdirTemp("", "buildfleet-uploads-")
+		r.dir = os.TempDir()
 	} else {
 		os.RemoveAll(dir)
 		r.dirErr = os.MkdirAll(dir, 0o700)
@@ -349,7 +351,7 @@ func (r *uploadRegistry) start(name string, rn digest.ResourceName) (*upload, er
 	if r.dirErr != nil {
 		return nil, rpcstatus.WrapCode(r.dirErr, codes.Internal, "Failed to write blob %s: no upload directory", rn.Digest)
 	}
-	f, err := os.CreateTemp(r.dir, rn.Digest.Hash[:min(16, len(rn.Digest.Hash))]+"-*")
+	f, err := os.CreateTemp(r.dir, "buildfleet-upload-"+rn.Digest.Hash[:min(16, len(rn.Digest.Hash))]+"-*")
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return nil, status.Errorf(codes.ResourceExhausted, "Failed to write blob %s: no space left on the server's disk", rn.Digest)
