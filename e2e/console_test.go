@@ -55,6 +55,9 @@ func startBrowser(t *testing.T) *browser {
 		chromedp.Flag("disable-default-apps", true),
 		chromedp.Flag("no-proxy-server", true),
 		chromedp.UserDataDir(t.TempDir()),
+		// Chromium makes directories of its own in TMPDIR (org.chromium.Chromium.*) and leaves
+		// them behind: give it the test's.
+		chromedp.Env("TMPDIR=" + t.TempDir()),
 		chromedp.WindowSize(1400, 1000),
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
