@@ -59,7 +59,14 @@ func TestSchedulerDockerfile(t *testing.T) {
 	if !static {
 		t.Error("no build stage runs CGO_ENABLED=0 go build ... ./cmd/scheduler")
 	}
-	final := stages[len(stages)-1]
+	checkFinalStage(t, stages[len(stages)-1], "scheduler", "the scheduler", "buildfleet-scheduler")
+}
+
+// checkFinalStage checks an image's final stage: its base is Debian pinned by point release,
+// date tag or digest, USER (uid[:gid]) is not root (who names what must not run as root),
+// ENTRYPOINT runs /…/binary in exec form, and the Deployment named deployment runs as that uid.
+func checkFinalStage(t *testing.T, final []instruction, binary, who, deployment string) {
+	t.Helper()
 	if base, _, _ := strings.Cut(final[0].args, " "); !pinnedDebian.MatchString(base) {
 		t.Errorf("final base %q is not Debian pinned by point release, date tag or digest", base)
 	}
@@ -72,14 +79,6 @@ func TestSchedulerDockerfile(t *testing.T) {
 			entrypoint = in.args
 		}
 	}
-	checkImageRunsAsDeployment(t, user, entrypoint, "scheduler", "the scheduler", "buildfleet-scheduler")
-}
-
-// checkImageRunsAsDeployment checks an image's final stage: USER (uid[:gid]) is not root
-// (who names what must not run as root), ENTRYPOINT runs /…/binary in exec form, and the
-// Deployment named deployment runs as that uid.
-func checkImageRunsAsDeployment(t *testing.T, user, entrypoint, binary, who, deployment string) {
-	t.Helper()
 	uid, _, _ := strings.Cut(user, ":")
 	if user == "" || uid == "0" || uid == "root" {
 		t.Fatalf("final stage USER %q: %s must not run as root", user, who)
