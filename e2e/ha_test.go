@@ -22,6 +22,7 @@ import (
 	"github.com/buildfleet/buildfleet/internal/clustertest"
 	"github.com/buildfleet/buildfleet/internal/digest"
 	"github.com/buildfleet/buildfleet/internal/objectstoretest"
+	"github.com/buildfleet/buildfleet/internal/testproc"
 )
 
 // haCluster is three scheduler replicas behind HAProxy, sharing etcd and an S3 bucket.
@@ -353,9 +354,7 @@ func TestHAProxyTakesAStoppedFollowerOut(t *testing.T) {
 	lead := c.leader()
 	stopped := c.replicas[(lead+1)%3]
 	pid := stopped.process.cmd.Process.Pid
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
+	testproc.Freeze(t, pid)
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) })
 	// Two failed checks, 200 ms apart, each timing out after 300 ms.
 	time.Sleep(1500 * time.Millisecond)

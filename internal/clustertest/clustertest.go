@@ -74,8 +74,8 @@ func (p *Process) Stop() {
 	p.cmd = nil
 }
 
-// Pause freezes the process (SIGSTOP).
-func (p *Process) Pause() { syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP) }
+// Pause freezes the process (SIGSTOP) and returns once every thread of it is stopped.
+func (p *Process) Pause() { testproc.Freeze(p.t, p.cmd.Process.Pid) }
 
 // Resume lets a paused process go on (SIGCONT).
 func (p *Process) Resume() { syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT) }

@@ -237,8 +237,9 @@ func (s *Server) Stop() {
 }
 
 // Pause freezes the server (SIGSTOP): connections are accepted by the kernel but nothing is
-// answered, as with a hung or unreachable object store.
-func (s *Server) Pause() { syscall.Kill(s.cmd.Process.Pid, syscall.SIGSTOP) }
+// answered, as with a hung or unreachable object store. It returns once every thread of the
+// server is stopped.
+func (s *Server) Pause() { testproc.Freeze(s.t, s.cmd.Process.Pid) }
 
 // Resume lets a paused server go on (SIGCONT).
 func (s *Server) Resume() { syscall.Kill(s.cmd.Process.Pid, syscall.SIGCONT) }

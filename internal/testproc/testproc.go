@@ -86,3 +86,44 @@ func Listening(pid int, addr string) bool {
 	}
 	return false
 }
+
+// Freeze stops process pid with SIGSTOP and returns once every one of its threads is stopped
+// (state T in /proc/PID/task/TID/stat). kill returns before the stop takes hold: a thread that
+// is running then can still answer a request for a moment, which a test that expects silence
+// at once would see. It fails the test when the process does not stop within 5 s.
+func Freeze(t testing.TB, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("stopping process %d: %v", pid, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !Stopped(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d has threads still running 5 s after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Stopped reports whether every thread of process pid is stopped by a signal (state T), from
+// /proc/PID/task. A process that is gone or cannot be read is not stopped.
+func Stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		// "TID (COMM) STATE ...": COMM may hold spaces and parentheses, so the state follows
+		// the last ')'.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
+}
