@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	repb "github.com/bazelbuild/remote-apis/build/bazel/remote/execution/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,14 +40,20 @@ func TestReloadOnSignal(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// Sends on an unbuffered channel: once the second send of a pair returns, the watcher has
-	// finished the reload of the first.
 	signals := make(chan os.Signal)
 	done := make(chan struct{})
 	go func() { authz.WatchSignals(ctx, signals); close(done) }()
+	// sighup sends one SIGHUP and returns once its reload has ended (counted, as a success or
+	// a failure), so that the test's next change to the files cannot race with it.
 	sighup := func() {
+		t.Helper()
+		before := reloads(t, reg)
 		signals <- syscall.SIGHUP
-		signals <- syscall.SIGHUP
+		for deadline := time.Now().Add(5 * time.Second); reloads(t, reg) == before; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("no reload counted 5 s after SIGHUP")
+			}
+		}
 	}
 
 	if got := get(laptop); got != codes.OK {
@@ -101,11 +108,34 @@ func TestReloadOnSignal(t *testing.T) {
 			t.Errorf("a token appears in the logs:\n%s", logs.String())
 		}
 	}
-	if got := reloadCount(t, reg, "failure"); got != 4 {
-		t.Errorf("failed reloads metric = %v, want 4", got)
+	// The broken file on SIGHUP and on Reload, and the missing file.
+	if got := reloadCount(t, reg, "failure"); got != 3 {
+		t.Errorf("failed reloads metric = %v, want 3", got)
+	}
+	// The load at start and the first SIGHUP.
+	if got := reloadCount(t, reg, "success"); got != 2 {
+		t.Errorf("successful reloads metric = %v, want 2", got)
 	}
 	cancel()
 	<-done
+}
+
+// reloads returns the number of reloads counted in reg, successful or not.
+func reloads(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		if f.GetName() == "buildfleet_auth_reloads_total" {
+			for _, m := range f.GetMetric() {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
 }
 
 // reloadCount returns the value of buildfleet_auth_reloads_total{result} in reg.

@@ -150,7 +150,8 @@ func waitLog(t *testing.T, logs *logBuffer, s string, n int) {
 func TestAWSSourceWithMetadataMockSpotNotice(t *testing.T) {
 	bin := mockBinary(t)
 	launched := time.Now()
-	m := startMock(t, bin, "", "-I", "spot", "-d", "1", "--action", "terminate")
+	// The mock's delay counts from its start: 3 s leaves room for a slow first poll.
+	m := startMock(t, bin, "", "-I", "spot", "-d", "3", "--action", "terminate")
 	log, _ := newLog(t)
 	clk := newPollClock()
 	src := cloud.NewAWSSource(cloud.AWSSourceConfig{Endpoint: m.endpoint(), PollInterval: 100 * time.Millisecond,
@@ -180,7 +181,7 @@ func TestAWSSourceWithMetadataMockSpotNotice(t *testing.T) {
 	if !strings.Contains(m.out.String(), "notFoundResponse") {
 		t.Fatalf("the notice was there from the first poll: the mock's delay did not apply")
 	}
-	// The mock's time is its trigger (start + 1 s) plus two minutes, to the second.
+	// The mock's time is its trigger (start + 3 s) plus two minutes, to the second.
 	lo, hi := launched.Add(2*time.Minute-time.Second), received.Add(2*time.Minute+time.Second)
 	if spot.Deadline.Before(lo) || spot.Deadline.After(hi) {
 		t.Fatalf("spot deadline %v not within [%v, %v]", spot.Deadline, lo, hi)
